@@ -1,0 +1,183 @@
+"""Masking strategies: which patches each sample's encoder sees.
+
+One interface for every strategy::
+
+    mask = strategy(batch_size, grid_h, grid_w, ratio, generator=None, device=None)
+
+returns a :class:`MaskInfo` with the indices of the visible patches per sample (the
+same count for every sample, so the batch stays rectangular) and the indices that
+restore the original patch order. Strategies are looked up by name with
+:func:`build_mask_strategy`; new ones register with :func:`register_mask_strategy`.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class MaskInfo:
+    """Which patches are visible, per sample.
+
+    Attributes:
+        ids_keep: Flat indices of the visible patches ``(B, N_vis)``.
+        ids_restore: Inverse permutation ``(B, N)``: position of each patch in the
+            concatenation ``[visible, masked]``.
+        mask: ``(B, N)`` float, 1 where the patch is masked (a reconstruction target),
+            0 where visible.
+        loss_weight: Optional per-patch weight of the reconstruction loss ``(B, N)``
+            (e.g. easy-first weighting; 0 drops a target).
+    """
+
+    ids_keep: Tensor
+    ids_restore: Tensor
+    mask: Tensor
+    loss_weight: Tensor | None = None
+
+    @property
+    def num_visible(self) -> int:
+        """Number of visible patches per sample."""
+        return self.ids_keep.shape[1]
+
+
+class MaskStrategy(Protocol):
+    """Callable that draws masks for a batch."""
+
+    def __call__(
+        self,
+        batch_size: int,
+        grid_h: int,
+        grid_w: int,
+        ratio: float,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> MaskInfo:
+        """Draw one mask per sample (see module docstring)."""
+        ...
+
+
+def num_visible(num_patches: int, ratio: float) -> int:
+    """Number of visible patches for a mask ratio (MAE's rounding).
+
+    Args:
+        num_patches: N.
+        ratio: Fraction masked, in [0, 1).
+
+    Returns:
+        ``int(N * (1 - ratio))``, at least 1.
+
+    Raises:
+        ValueError: If *ratio* is outside [0, 1).
+    """
+    if not 0.0 <= ratio < 1.0:
+        msg = f'mask_ratio={ratio} must be in [0, 1)'
+        raise ValueError(msg)
+    return max(1, int(num_patches * (1.0 - ratio)))
+
+
+def mask_from_scores(scores: Tensor, keep: int) -> MaskInfo:
+    """Keep the *keep* lowest-scoring patches of each sample.
+
+    Args:
+        scores: Per-patch scores ``(B, N)``; lower is kept first.
+        keep: Number of visible patches per sample.
+
+    Returns:
+        The :class:`MaskInfo`.
+    """
+    ids_shuffle = torch.argsort(scores, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    ids_keep = ids_shuffle[:, :keep]
+    mask = torch.ones_like(scores)
+    mask[:, :keep] = 0
+    mask = torch.gather(mask, 1, ids_restore)
+    return MaskInfo(ids_keep=ids_keep, ids_restore=ids_restore, mask=mask)
+
+
+def random_masking(
+    batch_size: int,
+    grid_h: int,
+    grid_w: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> MaskInfo:
+    """MAE's random masking: uniform noise per patch, keep the lowest.
+
+    Args:
+        batch_size: B.
+        grid_h: Patch grid rows.
+        grid_w: Patch grid columns.
+        ratio: Fraction of patches masked.
+        generator: Optional random generator (on *device*).
+        device: Device of the returned tensors.
+
+    Returns:
+        The :class:`MaskInfo`.
+    """
+    n = grid_h * grid_w
+    noise = torch.rand(batch_size, n, generator=generator, device=device)
+    return mask_from_scores(noise, num_visible(n, ratio))
+
+
+_STRATEGIES: dict[str, Callable[..., MaskStrategy]] = {}
+
+
+def register_mask_strategy(
+    name: str,
+) -> Callable[[Callable[..., MaskStrategy]], Callable[..., MaskStrategy]]:
+    """Register a strategy factory under *name* (decorator).
+
+    The factory takes keyword options and returns a :class:`MaskStrategy`.
+
+    Args:
+        name: Name used in configs (``mask_strategy=...``).
+
+    Returns:
+        The decorator.
+    """
+
+    def decorator(factory: Callable[..., MaskStrategy]) -> Callable[..., MaskStrategy]:
+        _STRATEGIES[name] = factory
+        return factory
+
+    return decorator
+
+
+@register_mask_strategy('random')
+def _random_factory(**options: Any) -> MaskStrategy:
+    if options:
+        msg = f'mask strategy "random" takes no options, got {sorted(options)}'
+        raise ValueError(msg)
+    return random_masking
+
+
+def list_mask_strategies() -> list[str]:
+    """Names of the registered mask strategies.
+
+    Returns:
+        Sorted names.
+    """
+    return sorted(_STRATEGIES)
+
+
+def build_mask_strategy(name: str, **options: Any) -> MaskStrategy:
+    """Look up a masking strategy by name.
+
+    Args:
+        name: A registered name (see :func:`list_mask_strategies`).
+        **options: Strategy options.
+
+    Returns:
+        The strategy callable.
+
+    Raises:
+        ValueError: If *name* is unknown.
+    """
+    if name not in _STRATEGIES:
+        msg = f'mask_strategy={name!r} is unknown; expected one of {list_mask_strategies()}'
+        raise ValueError(msg)
+    return _STRATEGIES[name](**options)

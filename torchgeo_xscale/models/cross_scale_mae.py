@@ -1,0 +1,499 @@
+"""Cross-Scale MAE (Tang et al., NeurIPS 2023), the whole method in one file.
+
+Reading order, as MAE's reference ``models_mae.py``: masks per view, the shared ViT
+encoder on visible patches, the light decoder with mask tokens, then the three
+losses, then :meth:`CrossScaleMAE.forward` which ties them together.
+
+Views are stacked as ``(B, V, C, H, W)``: view 0 is the full-scale view (r_h = 1),
+view 1 the down-scaled view (r_l < 1) covering the same footprint at the same size
+(see :class:`torchgeo_xscale.transforms.ScaleViews`), so token i of both views lies
+over the same ground. With ``V = 1`` the model is a plain MAE (set ``loss_cc`` and
+``loss_cp`` off).
+
+Where the paper is silent or the public code departs from it, the choice made here
+is named at the argument (``temperature``, ``projection_dim``, ``predictor``...).
+"""
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..losses import (
+    cross_prediction_loss,
+    info_nce,
+    patchify,
+    reconstruction_loss,
+)
+from ..masking import MaskInfo, build_mask_strategy
+from .vit import VIT_SIZES, Block, CrossScaleViT, grid_positions, run_blocks, sincos_pos_embed
+
+
+@dataclass
+class CrossScaleMAEOutput:
+    """What one forward pass returns.
+
+    Attributes:
+        loss: Total loss (weighted sum of the enabled parts), scalar with gradient.
+        parts: Each enabled loss, detached: ``re``, ``cc``, ``cp``.
+        pred: Predicted patches ``(B, V, N, P*P*C)`` (None without a pixel head).
+        mask: ``(B, V, N)``, 1 on masked patches.
+        target: Target patches ``(B, V, N, P*P*C)``.
+    """
+
+    loss: Tensor
+    parts: dict[str, Tensor] = field(default_factory=dict)
+    pred: Tensor | None = None
+    mask: Tensor | None = None
+    target: Tensor | None = None
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Two-layer MLP with LayerNorm and GELU (no cross-sample statistics).
+
+    Args:
+        in_dim: Input features.
+        hidden_dim: Hidden features.
+        out_dim: Output features.
+
+    Returns:
+        ``Linear -> LayerNorm -> GELU -> Linear``.
+    """
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.LayerNorm(hidden_dim),
+        nn.GELU(),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class CrossScaleMAE(nn.Module):
+    """Cross-Scale MAE: one shared MAE over two scale views, three losses.
+
+    Attributes:
+        encoder: The ViT encoder (timm names; export this one).
+        projection_head: g_f for L_cc (None when ``loss_cc`` is off).
+        predictor: g_p for L_cp (None when ``loss_cp`` is off).
+    """
+
+    def __init__(
+        self,
+        size: str = 'base',
+        img_size: int = 128,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        mask_ratio: float = 0.75,
+        mask_strategy: str = 'random',
+        mask_options: dict[str, Any] | None = None,
+        view_masks: str = 'independent',
+        norm_pix_loss: bool = False,
+        loss_re: bool = True,
+        loss_cc: bool = True,
+        loss_cp: bool = True,
+        loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        cc_negatives: bool = True,
+        cp_negatives: bool = False,
+        cp_stop_grad: bool = False,
+        temperature: float = 0.5,
+        cc_pool: str = 'mean',
+        projection_dim: int = 256,
+        projection_hidden_dim: int = 2048,
+        predictor_hidden_dim: int = 2048,
+        gsd_pos_embed: bool = False,
+        reference_gsd: float = 1.0,
+        attention: str = 'sdpa',
+        attention_options: dict[str, Any] | None = None,
+        drop_path_rate: float = 0.0,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        """Initialise Cross-Scale MAE.
+
+        Args:
+            size: Encoder size ``tiny|small|base|large``; *embed_dim*, *depth* and
+                *num_heads* override it.
+            img_size: View size in pixels (paper: 128).
+            patch_size: Patch size (paper: 16).
+            in_chans: Input bands.
+            embed_dim: Encoder width D (default from *size*).
+            depth: Encoder blocks (default from *size*).
+            num_heads: Encoder heads (default from *size*).
+            decoder_embed_dim: Decoder width (paper: 512).
+            decoder_depth: Decoder blocks (paper: 8).
+            decoder_num_heads: Decoder heads.
+            mlp_ratio: MLP hidden ratio of all blocks.
+            mask_ratio: Fraction of patches masked per view (paper: 0.75).
+            mask_strategy: Name of a :mod:`torchgeo_xscale.masking` strategy.
+            mask_options: Options of the strategy.
+            view_masks: ``independent`` (a mask per view, the paper's default and
+                better per its supplement) or ``consistent`` (one mask for both views).
+            norm_pix_loss: Normalise target patches (MAE's option; public code: off).
+            loss_re: Enable L_re (off = pure contrastive, paper Table 7).
+            loss_cc: Enable L_cc, the encoder cross-scale consistency.
+            loss_cp: Enable L_cp, the decoder cross-scale prediction.
+            loss_weights: Weights of (L_re, L_cc, L_cp); the paper sums them (1, 1, 1).
+            cc_negatives: Negatives in the encoder loss (InfoNCE); False pulls
+                positives together only (Table 6 ablation).
+            cp_negatives: Negatives in the decoder loss: InfoNCE on token-averaged
+                decoder features instead of MSE (Table 6 shows they hurt; off).
+            cp_stop_grad: Stop the gradient through the full-scale decoder target of
+                L_cp (the public code does not; off).
+            temperature: tau of L_cc. The paper does not state it; the public code
+                uses 0.5, kept here.
+            cc_pool: Encoder feature for L_cc: ``mean`` of visible tokens (public
+                code) or ``cls``.
+            projection_dim: Output of the projection head g_f. The paper names a
+                non-linear head without sizes (the public code has none): a
+                SimCLR-style MLP ``D -> 2048 -> 256`` is used; 0 disables it.
+            projection_hidden_dim: Hidden width of g_f.
+            predictor_hidden_dim: Hidden width of g_p (public code: 2048). LayerNorm
+                replaces the public code's BatchNorm so that the loss of a sample does
+                not depend on the others in its process (exact DDP equivalence).
+            gsd_pos_embed: GSD-scaled positional embeddings (Scale-MAE style; the
+                paper finds them redundant; off).
+            reference_gsd: GSD in metres at which positions are unscaled.
+            attention: Attention backend of encoder and decoder blocks.
+            attention_options: Backend options.
+            drop_path_rate: Stochastic depth of the encoder.
+            grad_checkpointing: Activation checkpointing in encoder and decoder.
+
+        Raises:
+            ValueError: On an invalid combination of options.
+        """
+        super().__init__()
+        if view_masks not in ('independent', 'consistent'):
+            msg = f"view_masks={view_masks!r}; expected 'independent' or 'consistent'"
+            raise ValueError(msg)
+        if cc_pool not in ('mean', 'cls'):
+            msg = f"cc_pool={cc_pool!r}; expected 'mean' or 'cls'"
+            raise ValueError(msg)
+        if not (loss_re or loss_cc or loss_cp):
+            msg = 'at least one of loss_re, loss_cc, loss_cp must be enabled'
+            raise ValueError(msg)
+        if size not in VIT_SIZES:
+            msg = f'size={size!r} is not a ViT size; expected one of {list(VIT_SIZES)}'
+            raise ValueError(msg)
+        if img_size % patch_size:
+            msg = f'img_size={img_size} must be a multiple of patch_size={patch_size}'
+            raise ValueError(msg)
+        default_dim, default_depth, default_heads = VIT_SIZES[size]
+        self.mask_ratio = mask_ratio
+        self.view_masks = view_masks
+        self.mask_strategy = build_mask_strategy(mask_strategy, **(mask_options or {}))
+        self.norm_pix_loss = norm_pix_loss
+        self.use_re, self.use_cc, self.use_cp = loss_re, loss_cc, loss_cp
+        self.loss_weights = tuple(float(w) for w in loss_weights)
+        self.cc_negatives, self.cp_negatives = cc_negatives, cp_negatives
+        self.cp_stop_grad = cp_stop_grad
+        self.temperature = temperature
+        self.cc_pool = cc_pool
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.grad_checkpointing = grad_checkpointing
+
+        # --- shared encoder E (timm names) ---
+        self.encoder = CrossScaleViT(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim or default_dim,
+            depth=depth or default_depth,
+            num_heads=num_heads or default_heads,
+            mlp_ratio=mlp_ratio,
+            num_classes=0,
+            drop_path_rate=drop_path_rate,
+            attention=attention,
+            attention_options=attention_options,
+            gsd_pos_embed=gsd_pos_embed,
+            reference_gsd=reference_gsd,
+        )
+        self.encoder.set_grad_checkpointing(grad_checkpointing)
+        dim = self.encoder.embed_dim
+        self.grid = self.encoder.grid_size
+        num_patches = self.grid[0] * self.grid[1]
+
+        # --- light decoder, shared by both views (needed by L_re and L_cp) ---
+        self.has_decoder = loss_re or loss_cp
+        if self.has_decoder:
+            self.decoder_embed = nn.Linear(dim, decoder_embed_dim)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+            self.decoder_pos_embed = nn.Parameter(
+                sincos_pos_embed(decoder_embed_dim, self.grid[0]), requires_grad=False
+            )
+            norm = partial(nn.LayerNorm, eps=1e-6)
+            self.decoder_blocks = nn.Sequential(
+                *[
+                    Block(
+                        decoder_embed_dim,
+                        decoder_num_heads,
+                        attention=attention,
+                        attention_options=attention_options,
+                        mlp_ratio=mlp_ratio,
+                        qkv_bias=True,
+                        norm_layer=norm,
+                    )
+                    for _ in range(decoder_depth)
+                ]
+            )
+            self.decoder_norm = norm(decoder_embed_dim)
+            self.decoder_pred = (
+                nn.Linear(decoder_embed_dim, patch_size**2 * in_chans) if loss_re else None
+            )
+            nn.init.normal_(self.mask_token, std=0.02)
+        # --- heads of the cross-scale losses ---
+        self.projection_head: nn.Module | None = None
+        if loss_cc:
+            self.projection_head = (
+                mlp(dim, projection_hidden_dim, projection_dim)
+                if projection_dim
+                else nn.Identity()
+            )
+        self.predictor = (
+            mlp(decoder_embed_dim, predictor_hidden_dim, decoder_embed_dim)
+            if loss_cp
+            else None
+        )
+        self.num_patches = num_patches
+
+    # ------------------------------------------------------------------ masking
+    def draw_masks(
+        self, batch_size: int, num_views: int, device: torch.device,
+        generator: torch.Generator | None = None,
+    ) -> MaskInfo:
+        """Masks for every view of every sample, flattened view-major ``(V*B, N)``.
+
+        Args:
+            batch_size: B.
+            num_views: V.
+            device: Device of the masks.
+            generator: Optional random generator.
+
+        Returns:
+            :class:`MaskInfo` with leading dim ``V * B`` (view 0's samples first).
+        """
+        gh, gw = self.grid
+        if self.view_masks == 'consistent':
+            m = self.mask_strategy(batch_size, gh, gw, self.mask_ratio, generator, device)
+            lw = m.loss_weight
+            return MaskInfo(
+                ids_keep=m.ids_keep.repeat(num_views, 1),
+                ids_restore=m.ids_restore.repeat(num_views, 1),
+                mask=m.mask.repeat(num_views, 1),
+                loss_weight=None if lw is None else lw.repeat(num_views, 1),
+            )
+        return self.mask_strategy(
+            batch_size * num_views, gh, gw, self.mask_ratio, generator, device
+        )
+
+    # ------------------------------------------------------------------ encoder
+    def forward_encoder(
+        self, images: Tensor, masks: MaskInfo, gsd: Tensor | None = None
+    ) -> Tensor:
+        """Shared encoder E on the visible patches.
+
+        Args:
+            images: ``(M, C, H, W)`` (views flattened into the batch).
+            masks: Their masks (leading dim M).
+            gsd: GSD per image ``(M,)``.
+
+        Returns:
+            Latent tokens ``(M, 1 + N_vis, D)``.
+        """
+        return self.encoder.forward_encoder(images, masks.ids_keep, gsd)
+
+    # ------------------------------------------------------------------ decoder
+    def forward_decoder(
+        self, latent: Tensor, masks: MaskInfo, gsd: Tensor | None = None
+    ) -> Tensor:
+        """Light decoder: visible latents plus mask tokens, in patch order.
+
+        Args:
+            latent: Encoder output ``(M, 1 + N_vis, D)``.
+            masks: The masks used by the encoder.
+            gsd: GSD per image ``(M,)`` (for GSD positional embeddings).
+
+        Returns:
+            Final decoder features of the patch tokens ``(M, N, D_dec)``.
+        """
+        x = self.decoder_embed(latent)
+        m, n_vis1, d = x.shape
+        n = self.num_patches
+        mask_tokens = self.mask_token.expand(m, n + 1 - n_vis1, -1)
+        patches = torch.cat([x[:, 1:], mask_tokens], dim=1)
+        index = masks.ids_restore.unsqueeze(-1).expand(-1, -1, d)
+        patches = torch.gather(patches, 1, index)
+        x = torch.cat([x[:, :1], patches], dim=1)
+        if self.encoder.gsd_pos_embed and gsd is not None:
+            ratio = gsd / self.encoder.reference_gsd
+            pe = sincos_pos_embed(d, self.grid[0], ratio).to(x.device, x.dtype)
+        else:
+            pe = self.decoder_pos_embed
+        x = x + pe
+        ids = torch.arange(n, device=x.device).expand(m, -1)
+        pos = grid_positions(ids, self.grid[1], num_prefix=1)
+        x = run_blocks(self.decoder_blocks, x, pos, self.grad_checkpointing)
+        return self.decoder_norm(x)[:, 1:]
+
+    # ------------------------------------------------------------------ losses
+    def pool_encoder(self, latent: Tensor) -> Tensor:
+        """Encoder feature E(p) for L_cc: mean of visible tokens, or CLS.
+
+        Args:
+            latent: ``(M, 1 + N_vis, D)``, already normalised by the encoder.
+
+        Returns:
+            ``(M, D)``.
+        """
+        if self.cc_pool == 'cls':
+            return latent[:, 0]
+        return latent[:, 1:].mean(dim=1)
+
+    def loss_cc(self, latent: Tensor, b: int, weight: Tensor) -> Tensor:
+        """L_cc: InfoNCE between g_f(E(p_l)) and g_f(E(p_h)).
+
+        Args:
+            latent: Encoder tokens of both views ``(2B, 1 + N_vis, D)``, view-major.
+            b: B.
+            weight: Per-sample weight ``(B,)``.
+
+        Returns:
+            Scalar loss.
+        """
+        assert self.projection_head is not None
+        z = self.projection_head(self.pool_encoder(latent))
+        z_h, z_l = z[:b], z[b : 2 * b]
+        return info_nce(z_l, z_h, self.temperature, weight, negatives=self.cc_negatives)
+
+    def loss_cp(self, feats: Tensor, b: int, weight: Tensor) -> Tensor:
+        """L_cp: g_p(low-scale decoder features) predicts the full-scale ones.
+
+        Args:
+            feats: Decoder features of both views ``(2B, N, D_dec)``, view-major.
+            b: B.
+            weight: Per-sample weight ``(B,)``.
+
+        Returns:
+            Scalar loss.
+        """
+        assert self.predictor is not None
+        target, low = feats[:b], feats[b : 2 * b]
+        if self.cp_stop_grad:
+            target = target.detach()
+        pred = self.predictor(low)
+        if self.cp_negatives:
+            return info_nce(pred.mean(1), target.mean(1), self.temperature, weight)
+        return cross_prediction_loss(pred, target, weight)
+
+    def loss_re(
+        self, pred: Tensor, images: Tensor, masks: MaskInfo, pixel_valid: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """L_re: reconstruction of the masked patches of all views.
+
+        Args:
+            pred: Predicted patches ``(M, N, P*P*C)``.
+            images: Views ``(M, C, H, W)``.
+            masks: Their masks.
+            pixel_valid: ``(M, 1, H, W)`` validity (0 also for skipped samples).
+
+        Returns:
+            The loss and the target patches ``(M, N, P*P*C)``.
+        """
+        target = patchify(images, self.patch_size)
+        valid = patchify(pixel_valid.expand_as(images).to(images.dtype), self.patch_size)
+        loss = reconstruction_loss(
+            pred, target, masks.mask, valid, self.norm_pix_loss, masks.loss_weight
+        )
+        return loss, target
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        views: Tensor,
+        gsd: Tensor | None = None,
+        valid: Tensor | None = None,
+        sample_weight: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> CrossScaleMAEOutput:
+        """Mask both views, encode, decode, and compute the losses.
+
+        Args:
+            views: ``(B, V, C, H, W)``; view 0 full scale, view 1 down-scaled.
+            gsd: GSD of each view in metres ``(B, V)``.
+            valid: Pixel validity ``(B, V, 1, H, W)`` (nodata/NaN excluded from L_re).
+            sample_weight: ``(B,)``; 0 drops a sample from every loss (e.g. a tile
+                with too many invalid pixels).
+            generator: Optional random generator for the masks.
+
+        Returns:
+            A :class:`CrossScaleMAEOutput`.
+
+        Raises:
+            ValueError: If the input shape does not match the model.
+        """
+        if views.ndim != 5:
+            msg = f'views must be (B, V, C, H, W), got shape {tuple(views.shape)}'
+            raise ValueError(msg)
+        b, v, c, h, w = views.shape
+        expected = self.encoder.patch_embed.img_size
+        if c != self.in_chans or (h, w) != tuple(expected):
+            msg = (
+                f'views have {c} bands of {h}x{w} px; the model expects {self.in_chans} '
+                f'bands of {expected[0]}x{expected[1]} px (in_chans/img_size)'
+            )
+            raise ValueError(msg)
+        if v < 2 and (self.use_cc or self.use_cp):
+            msg = f'loss_cc/loss_cp need 2 views, got {v}; disable them for plain MAE'
+            raise ValueError(msg)
+        v = 2 if (self.use_cc or self.use_cp) else v
+        images = views[:, :v].transpose(0, 1).reshape(v * b, c, h, w)
+        flat_gsd = None if gsd is None else gsd[:, :v].transpose(0, 1).reshape(-1)
+        weight = (
+            torch.ones(b, device=views.device)
+            if sample_weight is None
+            else sample_weight.to(views.device, torch.float32)
+        )
+        if valid is None:
+            pixel_valid = torch.ones(v * b, 1, h, w, device=views.device)
+        else:
+            pixel_valid = valid[:, :v].transpose(0, 1).reshape(v * b, 1, h, w).float()
+        pixel_valid = pixel_valid * weight.repeat(v).view(-1, 1, 1, 1)
+
+        masks = self.draw_masks(b, v, views.device, generator)
+        latent = self.forward_encoder(images, masks, flat_gsd)
+
+        parts: dict[str, Tensor] = {}
+        total = views.new_zeros(())
+        pred = target = None
+        w_re, w_cc, w_cp = self.loss_weights
+        if self.use_cc:
+            parts['cc'] = self.loss_cc(latent, b, weight)
+            total = total + w_cc * parts['cc']
+        if self.has_decoder:
+            feats = self.forward_decoder(latent, masks, flat_gsd)
+            if self.use_re:
+                assert self.decoder_pred is not None
+                pred = self.decoder_pred(feats)
+                parts['re'], target = self.loss_re(pred, images, masks, pixel_valid)
+                total = total + w_re * parts['re']
+            if self.use_cp:
+                parts['cp'] = self.loss_cp(feats, b, weight)
+                total = total + w_cp * parts['cp']
+
+        def by_view(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.reshape(v, b, *x.shape[1:]).transpose(0, 1)
+
+        return CrossScaleMAEOutput(
+            loss=total,
+            parts={k: p.detach() for k, p in parts.items()},
+            pred=by_view(pred),
+            mask=by_view(masks.mask),
+            target=by_view(target),
+        )

@@ -1,0 +1,5 @@
+"""Lightning tasks."""
+
+from .pretrain import CrossScaleMAETask
+
+__all__ = ('CrossScaleMAETask',)
