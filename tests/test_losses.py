@@ -14,7 +14,9 @@ from torchgeo_xscale.losses import (
 )
 
 
-def brute_force_nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, tau: float) -> torch.Tensor:
+def brute_force_nt_xent(
+    z_a: torch.Tensor, z_b: torch.Tensor, tau: float
+) -> torch.Tensor:
     """SimCLR NT-Xent written out loop by loop."""
     z = F.normalize(torch.cat([z_a, z_b]), dim=-1)
     n = z_a.shape[0]
@@ -30,7 +32,9 @@ def brute_force_nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, tau: float) -> tor
 def test_info_nce_matches_brute_force() -> None:
     g = torch.Generator().manual_seed(0)
     z_a, z_b = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
-    assert torch.allclose(info_nce(z_a, z_b, 0.5), brute_force_nt_xent(z_a, z_b, 0.5), atol=1e-5)
+    assert torch.allclose(
+        info_nce(z_a, z_b, 0.5), brute_force_nt_xent(z_a, z_b, 0.5), atol=1e-5
+    )
 
 
 def test_info_nce_weight_zero_sample_is_not_used() -> None:
@@ -59,10 +63,15 @@ def test_gather_without_process_group_is_identity() -> None:
 
 
 def _gloo_worker(rank: int, world: int, init_file: str) -> None:
-    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
+    dist.init_process_group(
+        'gloo', init_method=f'file://{init_file}', rank=rank, world_size=world
+    )
     try:
         g = torch.Generator().manual_seed(0)
-        full_a, full_b = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
+        full_a, full_b = (
+            torch.randn(8, 16, generator=g),
+            torch.randn(8, 16, generator=g),
+        )
         weight = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0])
         local = slice(rank * 4, (rank + 1) * 4)
         a = full_a[local].clone().requires_grad_(True)
@@ -75,7 +84,11 @@ def _gloo_worker(rank: int, world: int, init_file: str) -> None:
         grads_b = [torch.empty_like(b.grad) for _ in range(world)]
         dist.all_gather(grads_a, a.grad)
         dist.all_gather(grads_b, b.grad)
-        result = {'loss': torch.stack(losses).mean(), 'ga': torch.cat(grads_a), 'gb': torch.cat(grads_b)}
+        result = {
+            'loss': torch.stack(losses).mean(),
+            'ga': torch.cat(grads_a),
+            'gb': torch.cat(grads_b),
+        }
         torch.save(result, f'{init_file}.rank{rank}.pt')
     finally:
         dist.destroy_process_group()

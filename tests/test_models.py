@@ -2,14 +2,34 @@ import pytest
 import timm
 import torch
 
-from torchgeo_xscale.masking import build_mask_strategy, list_mask_strategies, num_visible, random_masking
-from torchgeo_xscale.models import CrossScaleMAE, CrossScaleViT, build_attention, build_vit, list_attention_backends
+from torchgeo_xscale.masking import (
+    build_mask_strategy,
+    list_mask_strategies,
+    num_visible,
+    random_masking,
+)
+from torchgeo_xscale.models import (
+    CrossScaleMAE,
+    CrossScaleViT,
+    build_attention,
+    build_vit,
+    list_attention_backends,
+)
 from torchgeo_xscale.models.vit import resize_pos_embed
 
 TINY = dict(
-    size='tiny', img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-    decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
-    projection_dim=16, projection_hidden_dim=32, predictor_hidden_dim=32,
+    size='tiny',
+    img_size=32,
+    patch_size=8,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    decoder_embed_dim=32,
+    decoder_depth=1,
+    decoder_num_heads=2,
+    projection_dim=16,
+    projection_hidden_dim=32,
+    predictor_hidden_dim=32,
 )
 
 
@@ -19,8 +39,12 @@ def views(b: int = 3, c: int = 3) -> torch.Tensor:
 
 @pytest.mark.parametrize('size', ['tiny', 'small', 'base', 'large'])
 def test_vit_state_dict_loads_into_timm(size: str) -> None:
-    name = {'tiny': 'vit_tiny_patch16_224', 'small': 'vit_small_patch16_224',
-            'base': 'vit_base_patch16_224', 'large': 'vit_large_patch16_224'}[size]
+    name = {
+        'tiny': 'vit_tiny_patch16_224',
+        'small': 'vit_small_patch16_224',
+        'base': 'vit_base_patch16_224',
+        'large': 'vit_large_patch16_224',
+    }[size]
     ours = build_vit(size, img_size=32, patch_size=16, depth=1)
     ref = timm.create_model(name, img_size=32, depth=1, num_classes=0, pretrained=False)
     ref.load_state_dict(ours.state_dict(), strict=True)
@@ -37,7 +61,15 @@ def test_vit_bad_size() -> None:
 
 
 def test_vit_any_in_chans_and_masked_pass() -> None:
-    vit = build_vit('tiny', img_size=32, patch_size=8, in_chans=5, embed_dim=32, depth=1, num_heads=2)
+    vit = build_vit(
+        'tiny',
+        img_size=32,
+        patch_size=8,
+        in_chans=5,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+    )
     x = torch.randn(2, 5, 32, 32)
     ids = torch.tensor([[0, 5, 9], [1, 2, 15]])
     out = vit.forward_encoder(x, ids)
@@ -49,8 +81,12 @@ def test_vit_any_in_chans_and_masked_pass() -> None:
 
 
 def test_resize_pos_embed() -> None:
-    small = build_vit('tiny', img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
-    big = build_vit('tiny', img_size=64, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    small = build_vit(
+        'tiny', img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2
+    )
+    big = build_vit(
+        'tiny', img_size=64, patch_size=8, embed_dim=32, depth=1, num_heads=2
+    )
     sd = resize_pos_embed(small.state_dict(), big)
     assert sd['pos_embed'].shape == big.pos_embed.shape
     big.load_state_dict(sd)
@@ -58,7 +94,16 @@ def test_resize_pos_embed() -> None:
 
 
 def test_gsd_pos_embed_changes_features_and_needs_gsd() -> None:
-    vit = build_vit('tiny', img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, gsd_pos_embed=True, reference_gsd=10.0)
+    vit = build_vit(
+        'tiny',
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        gsd_pos_embed=True,
+        reference_gsd=10.0,
+    )
     x = torch.randn(2, 3, 32, 32)
     a = vit.forward_features(x, gsd=torch.tensor([10.0, 10.0]))
     b = vit.forward_features(x, gsd=torch.tensor([10.0, 40.0]))
@@ -113,20 +158,102 @@ def test_forward_shapes_and_parts() -> None:
 def grads_of(model: CrossScaleMAE, **kwargs) -> set[str]:
     out = model(views(), **kwargs)
     out.loss.backward()
-    return {n.split('.')[0] for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    return {
+        n.split('.')[0]
+        for n, p in model.named_parameters()
+        if p.grad is not None and p.grad.abs().sum() > 0
+    }
 
 
 @pytest.mark.parametrize(
     ('switches', 'expected'),
     [
-        ({}, {'encoder', 'projection_head', 'predictor', 'decoder_embed', 'decoder_blocks', 'decoder_norm', 'decoder_pred', 'mask_token'}),
-        ({'loss_cc': False}, {'encoder', 'predictor', 'decoder_embed', 'decoder_blocks', 'decoder_norm', 'decoder_pred', 'mask_token'}),
-        ({'loss_cp': False}, {'encoder', 'projection_head', 'decoder_embed', 'decoder_blocks', 'decoder_norm', 'decoder_pred', 'mask_token'}),
-        ({'loss_re': False}, {'encoder', 'projection_head', 'predictor', 'decoder_embed', 'decoder_blocks', 'decoder_norm', 'mask_token'}),
+        (
+            {},
+            {
+                'encoder',
+                'projection_head',
+                'predictor',
+                'decoder_embed',
+                'decoder_blocks',
+                'decoder_norm',
+                'decoder_pred',
+                'mask_token',
+            },
+        ),
+        (
+            {'loss_cc': False},
+            {
+                'encoder',
+                'predictor',
+                'decoder_embed',
+                'decoder_blocks',
+                'decoder_norm',
+                'decoder_pred',
+                'mask_token',
+            },
+        ),
+        (
+            {'loss_cp': False},
+            {
+                'encoder',
+                'projection_head',
+                'decoder_embed',
+                'decoder_blocks',
+                'decoder_norm',
+                'decoder_pred',
+                'mask_token',
+            },
+        ),
+        (
+            {'loss_re': False},
+            {
+                'encoder',
+                'projection_head',
+                'predictor',
+                'decoder_embed',
+                'decoder_blocks',
+                'decoder_norm',
+                'mask_token',
+            },
+        ),
         ({'loss_re': False, 'loss_cp': False}, {'encoder', 'projection_head'}),
-        ({'cp_stop_grad': True, 'loss_re': False, 'loss_cc': False}, {'encoder', 'predictor', 'decoder_embed', 'decoder_blocks', 'decoder_norm', 'mask_token'}),
-        ({'cp_negatives': True}, {'encoder', 'projection_head', 'predictor', 'decoder_embed', 'decoder_blocks', 'decoder_norm', 'decoder_pred', 'mask_token'}),
-        ({'cc_negatives': False, 'projection_dim': 0}, {'encoder', 'predictor', 'decoder_embed', 'decoder_blocks', 'decoder_norm', 'decoder_pred', 'mask_token'}),
+        (
+            {'cp_stop_grad': True, 'loss_re': False, 'loss_cc': False},
+            {
+                'encoder',
+                'predictor',
+                'decoder_embed',
+                'decoder_blocks',
+                'decoder_norm',
+                'mask_token',
+            },
+        ),
+        (
+            {'cp_negatives': True},
+            {
+                'encoder',
+                'projection_head',
+                'predictor',
+                'decoder_embed',
+                'decoder_blocks',
+                'decoder_norm',
+                'decoder_pred',
+                'mask_token',
+            },
+        ),
+        (
+            {'cc_negatives': False, 'projection_dim': 0},
+            {
+                'encoder',
+                'predictor',
+                'decoder_embed',
+                'decoder_blocks',
+                'decoder_norm',
+                'decoder_pred',
+                'mask_token',
+            },
+        ),
     ],
 )
 def test_ablation_switches_change_gradients(switches: dict, expected: set[str]) -> None:
@@ -149,7 +276,9 @@ def test_cp_stop_grad_blocks_full_view_path() -> None:
     free(views()).loss.backward()
     torch.manual_seed(0)
     stopped(views()).loss.backward()
-    assert not torch.allclose(free.decoder_norm.weight.grad, stopped.decoder_norm.weight.grad)
+    assert not torch.allclose(
+        free.decoder_norm.weight.grad, stopped.decoder_norm.weight.grad
+    )
 
 
 def test_plain_mae_one_view() -> None:
@@ -169,7 +298,9 @@ def test_invalid_pixels_and_skipped_samples_do_not_count() -> None:
     x2 = x.clone()
     x2[1] = 1e4  # garbage in a sample with weight 0
     torch.manual_seed(0)
-    skipped = model(x2, valid=valid, sample_weight=torch.tensor([1.0, 0.0, 1.0])).parts['re']
+    skipped = model(x2, valid=valid, sample_weight=torch.tensor([1.0, 0.0, 1.0])).parts[
+        're'
+    ]
     assert torch.isfinite(skipped) and skipped < 1e3
     x3 = x.clone()
     x3[0, :, :, :8, :] = 1e4  # garbage in invalid pixels

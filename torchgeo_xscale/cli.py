@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-import torchgeo_xscale
-
 #: Extra subcommands: name -> ``module:function`` taking the remaining arguments.
 SUBCOMMANDS: dict[str, str] = {
     'demo': 'torchgeo_xscale.demo:main',
+    'weights': 'torchgeo_xscale.weights_cli:main',
+    'segment': 'torchgeo_xscale.segment_cli:segment_main',
+    'scale-study': 'torchgeo_xscale.segment_cli:scale_study_main',
 }
 
 
@@ -36,13 +37,11 @@ def lightning_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
         The CLI object.
     """
     # Importing registers our tasks and datamodules for short class names.
-    import torchgeo.datamodules
-    import torchgeo.tasks
     from torchgeo.datamodules import BaseDataModule
     from torchgeo.tasks import BaseTask
 
     import torchgeo_xscale.datamodules
-    import torchgeo_xscale.tasks  # noqa: F401
+    import torchgeo_xscale.tasks
 
     os.environ.setdefault('GDAL_DISABLE_READDIR_ON_OPEN', 'EMPTY_DIR')
     return LightningCLI(

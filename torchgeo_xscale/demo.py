@@ -53,9 +53,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     Returns:
         The namespace.
     """
-    parser = argparse.ArgumentParser(prog='xscale demo', description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog='xscale demo', description=__doc__.splitlines()[0]
+    )
     parser.add_argument('--output', default='outputs/demo', help='output folder')
-    parser.add_argument('--data', default='data/example', help='cache folder of the rasters')
+    parser.add_argument(
+        '--data', default='data/example', help='cache folder of the rasters'
+    )
     parser.add_argument('--steps', type=int, default=600, help='optimiser steps')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--max-minutes', type=float, default=9.0, help='wall-time cap')
@@ -91,7 +95,12 @@ def main(argv: Sequence[str] = ()) -> int:
     """
     from .datamodules import GeoTIFFDataModule
     from .datasets.example_data import fetch_example_rasters
-    from .plotting import plot_loss_curves, plot_reconstruction, read_metrics, save_figure
+    from .plotting import (
+        plot_loss_curves,
+        plot_reconstruction,
+        read_metrics,
+        save_figure,
+    )
     from .tasks import CrossScaleMAETask
 
     args = parse_args(argv)
@@ -121,7 +130,9 @@ def main(argv: Sequence[str] = ()) -> int:
         log_image_every_n_steps=0,
     )
     csv_logger = CSVLogger(save_dir=str(out), name='logs', version='')
-    checkpoint = ModelCheckpoint(dirpath=out / 'checkpoints', save_last=True, save_top_k=0)
+    checkpoint = ModelCheckpoint(
+        dirpath=out / 'checkpoints', save_last=True, save_top_k=0
+    )
     trainer = Trainer(
         max_steps=args.steps,
         max_time={'minutes': args.max_minutes},
@@ -138,10 +149,17 @@ def main(argv: Sequence[str] = ()) -> int:
     trainer.fit(task, datamodule=datamodule)
     minutes = (time.perf_counter() - start) / 60
 
-    encoder_path = atomic_torch_save(task.model.encoder.state_dict(), out / 'encoder.pth')
+    encoder_path = atomic_torch_save(
+        task.model.encoder.state_dict(), out / 'encoder.pth'
+    )
     metrics_csv = os.path.join(csv_logger.log_dir, 'metrics.csv')
     metrics = read_metrics(metrics_csv)
-    keys = ('train_loss_step', 'train_loss_re_step', 'train_loss_cc_step', 'train_loss_cp_step')
+    keys = (
+        'train_loss_step',
+        'train_loss_re_step',
+        'train_loss_cc_step',
+        'train_loss_cp_step',
+    )
     curve = save_figure(plot_loss_curves(metrics, keys), out / 'loss_curve.png')
 
     task.eval()
@@ -151,7 +169,11 @@ def main(argv: Sequence[str] = ()) -> int:
     with torch.no_grad():
         result = task.model(batch['views'], batch['view_gsd'], batch['view_valid'])
     fig = plot_reconstruction(
-        batch['views'], result.pred, result.mask, task.model.patch_size, batch['view_gsd']
+        batch['views'],
+        result.pred,
+        result.mask,
+        task.model.patch_size,
+        batch['view_gsd'],
     )
     recon = save_figure(fig, out / 'reconstruction.png')
 

@@ -46,7 +46,10 @@ def gather_with_grad(x: Tensor) -> Tensor:
     Returns:
         ``(world_size * B, ...)``, this process's part at ``rank * B``.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if (
+        not (dist.is_available() and dist.is_initialized())
+        or dist.get_world_size() == 1
+    ):
         return x
     return torch.cat(_GatherWithGrad.apply(x), dim=0)
 
@@ -93,7 +96,11 @@ def info_nce(
         per_sample = 1.0 - (z_a * z_b).sum(-1)
         return (per_sample * w).sum() / w.sum().clamp_min(1.0)
 
-    all_a, all_b, all_w = gather_with_grad(z_a), gather_with_grad(z_b), gather_with_grad(w)
+    all_a, all_b, all_w = (
+        gather_with_grad(z_a),
+        gather_with_grad(z_b),
+        gather_with_grad(w),
+    )
     n = all_a.shape[0]
     candidates = torch.cat([all_a, all_b], dim=0)  # (2N, E)
     cand_valid = torch.cat([all_w, all_w]) > 0
@@ -160,7 +167,9 @@ def reconstruction_loss(
     Returns:
         Scalar: sum of squared errors over counted values / number of counted values.
     """
-    valid = torch.ones_like(target) if pixel_valid is None else pixel_valid.to(target.dtype)
+    valid = (
+        torch.ones_like(target) if pixel_valid is None else pixel_valid.to(target.dtype)
+    )
     if norm_pix:
         count = valid.sum(-1, keepdim=True).clamp_min(1.0)
         mean = (target * valid).sum(-1, keepdim=True) / count
@@ -190,7 +199,9 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
     return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
-def unpatchify(patches: Tensor, patch_size: int, channels: int, grid: tuple[int, int]) -> Tensor:
+def unpatchify(
+    patches: Tensor, patch_size: int, channels: int, grid: tuple[int, int]
+) -> Tensor:
     """Inverse of :func:`patchify`.
 
     Args:

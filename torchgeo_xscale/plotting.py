@@ -8,13 +8,13 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
 
-from .losses import patchify, unpatchify  # noqa: E402
+from .losses import patchify, unpatchify
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> str:
@@ -45,7 +45,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> st
 def to_display(image: Tensor) -> np.ndarray:
     """Turn a normalised ``(C, H, W)`` image into an RGB/grey array in [0, 1].
 
-    Uses the first three bands (or one), each stretched to its 2–98 % percentiles.
+    Uses the first three bands (or one), each stretched to its 2-98 % percentiles.
 
     Args:
         image: ``(C, H, W)``.

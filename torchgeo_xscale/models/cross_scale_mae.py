@@ -28,7 +28,14 @@ from ..losses import (
     reconstruction_loss,
 )
 from ..masking import MaskInfo, build_mask_strategy
-from .vit import VIT_SIZES, Block, CrossScaleViT, grid_positions, run_blocks, sincos_pos_embed
+from .vit import (
+    VIT_SIZES,
+    Block,
+    CrossScaleViT,
+    grid_positions,
+    run_blocks,
+    sincos_pos_embed,
+)
 
 
 @dataclass
@@ -245,7 +252,9 @@ class CrossScaleMAE(nn.Module):
             )
             self.decoder_norm = norm(decoder_embed_dim)
             self.decoder_pred = (
-                nn.Linear(decoder_embed_dim, patch_size**2 * in_chans) if loss_re else None
+                nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+                if loss_re
+                else None
             )
             nn.init.normal_(self.mask_token, std=0.02)
         # --- heads of the cross-scale losses ---
@@ -265,7 +274,10 @@ class CrossScaleMAE(nn.Module):
 
     # ------------------------------------------------------------------ masking
     def draw_masks(
-        self, batch_size: int, num_views: int, device: torch.device,
+        self,
+        batch_size: int,
+        num_views: int,
+        device: torch.device,
         generator: torch.Generator | None = None,
     ) -> MaskInfo:
         """Masks for every view of every sample, flattened view-major ``(V*B, N)``.
@@ -281,7 +293,9 @@ class CrossScaleMAE(nn.Module):
         """
         gh, gw = self.grid
         if self.view_masks == 'consistent':
-            m = self.mask_strategy(batch_size, gh, gw, self.mask_ratio, generator, device)
+            m = self.mask_strategy(
+                batch_size, gh, gw, self.mask_ratio, generator, device
+            )
             lw = m.loss_weight
             return MaskInfo(
                 ids_keep=m.ids_keep.repeat(num_views, 1),
@@ -407,7 +421,9 @@ class CrossScaleMAE(nn.Module):
             The loss and the target patches ``(M, N, P*P*C)``.
         """
         target = patchify(images, self.patch_size)
-        valid = patchify(pixel_valid.expand_as(images).to(images.dtype), self.patch_size)
+        valid = patchify(
+            pixel_valid.expand_as(images).to(images.dtype), self.patch_size
+        )
         loss = reconstruction_loss(
             pred, target, masks.mask, valid, self.norm_pix_loss, masks.loss_weight
         )

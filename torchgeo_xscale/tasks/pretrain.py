@@ -55,6 +55,9 @@ class CrossScaleMAETask(BaseTask):
 
     monitor = 'train_loss'
 
+    #: Nothing is ignored: ``weights`` is a path or name, kept in the hyper-parameters.
+    ignore = None
+
     def __init__(
         self,
         size: str = 'base',
@@ -182,12 +185,19 @@ class CrossScaleMAETask(BaseTask):
         Returns:
             Optimiser and per-step scheduler.
         """
-        lr = self.hparams['lr'] or self.hparams['base_lr'] * self.global_batch_size() / 256
+        lr = (
+            self.hparams['lr']
+            or self.hparams['base_lr'] * self.global_batch_size() / 256
+        )
         groups = param_groups_weight_decay(self.model, self.hparams['weight_decay'])
         fused = self.device.type == 'cuda'
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.hparams['betas'], fused=fused)
+        optimizer = torch.optim.AdamW(
+            groups, lr=lr, betas=self.hparams['betas'], fused=fused
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 1
+        epochs = (
+            self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 1
+        )
         warmup = int(total * min(1.0, self.hparams['warmup_epochs'] / max(1, epochs)))
         warmup = max(1, warmup)
         scheduler = LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
@@ -225,7 +235,9 @@ class CrossScaleMAETask(BaseTask):
             from ..transforms import ScaleViews
 
             num_views = 2 if (self.hparams['loss_cc'] or self.hparams['loss_cp']) else 1
-            self._scale_views = ScaleViews(size=self.hparams['img_size'], num_views=num_views)
+            self._scale_views = ScaleViews(
+                size=self.hparams['img_size'], num_views=num_views
+            )
         image = batch['image'].float()
         batch.setdefault('valid', torch.isfinite(image).all(1, keepdim=True))
         batch['image'] = torch.nan_to_num(image)
@@ -253,12 +265,33 @@ class CrossScaleMAETask(BaseTask):
         )
         b = views.shape[0]
         on_step = stage == 'train'
-        self.log(f'{stage}_loss', out.loss.detach(), on_step=on_step, on_epoch=True, batch_size=b, prog_bar=True, sync_dist=not on_step)
+        self.log(
+            f'{stage}_loss',
+            out.loss.detach(),
+            on_step=on_step,
+            on_epoch=True,
+            batch_size=b,
+            prog_bar=True,
+            sync_dist=not on_step,
+        )
         for name, value in out.parts.items():
-            self.log(f'{stage}_loss_{name}', value, on_step=on_step, on_epoch=True, batch_size=b, sync_dist=not on_step)
+            self.log(
+                f'{stage}_loss_{name}',
+                value,
+                on_step=on_step,
+                on_epoch=True,
+                batch_size=b,
+                sync_dist=not on_step,
+            )
         if 'sample_weight' in batch:
             skipped = 1.0 - batch['sample_weight'].float().mean()
-            self.log(f'{stage}_skipped_tiles', skipped, on_step=False, on_epoch=True, batch_size=b)
+            self.log(
+                f'{stage}_skipped_tiles',
+                skipped,
+                on_step=False,
+                on_epoch=True,
+                batch_size=b,
+            )
         return out
 
     def check_finite(self, loss: Tensor, batch: dict[str, Any]) -> bool:
@@ -288,7 +321,12 @@ class CrossScaleMAETask(BaseTask):
         self.nonfinite_skips += 1
         allowed = self.hparams['max_nonfinite_skips']
         if self.hparams['nonfinite'] == 'skip' and self.nonfinite_skips <= allowed:
-            logger.warning('%s; skipping the step (%d of %d allowed)', msg, self.nonfinite_skips, allowed)
+            logger.warning(
+                '%s; skipping the step (%d of %d allowed)',
+                msg,
+                self.nonfinite_skips,
+                allowed,
+            )
             return False
         raise FloatingPointError(msg + " (set nonfinite='skip' to skip such steps)")
 
@@ -325,7 +363,9 @@ class CrossScaleMAETask(BaseTask):
         """
         self.shared_step(batch, 'val')
 
-    def save_reconstruction(self, batch: dict[str, Any], out: CrossScaleMAEOutput) -> None:
+    def save_reconstruction(
+        self, batch: dict[str, Any], out: CrossScaleMAEOutput
+    ) -> None:
         """Write a figure of both views: input / masked / reconstruction.
 
         Saved as ``<log_dir>/reconstructions/step_<N>.png`` and, with a TensorBoard
@@ -340,11 +380,17 @@ class CrossScaleMAETask(BaseTask):
         from ..plotting import plot_reconstruction, save_figure
 
         fig = plot_reconstruction(
-            batch['views'], out.pred, out.mask, self.model.patch_size,
-            gsd=batch.get('view_gsd'), norm_pix=self.model.norm_pix_loss,
+            batch['views'],
+            out.pred,
+            out.mask,
+            self.model.patch_size,
+            gsd=batch.get('view_gsd'),
+            norm_pix=self.model.norm_pix_loss,
         )
         log_dir = self.trainer.log_dir or self.trainer.default_root_dir
-        path = os.path.join(log_dir, 'reconstructions', f'step_{self.global_step:07d}.png')
+        path = os.path.join(
+            log_dir, 'reconstructions', f'step_{self.global_step:07d}.png'
+        )
         experiment = getattr(self.logger, 'experiment', None)
         if hasattr(experiment, 'add_figure'):
             experiment.add_figure('reconstruction', fig, self.global_step, close=False)

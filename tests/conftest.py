@@ -1,0 +1,132 @@
+"""Shared fixtures: small real GeoTIFFs written with rasterio."""
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+# (row_start, row_stop, col_start, col_stop) of a rectangle of pixels.
+Region = tuple[int, int, int, int]
+
+DEFAULT_ORIGINS = {'EPSG:4326': (10.0, 45.0), 'EPSG:32633': (500000.0, 5000000.0)}
+
+
+def write_geotiff(
+    path: str | Path,
+    bands: int = 3,
+    width: int = 64,
+    height: int = 64,
+    crs: str | None = 'EPSG:32633',
+    res: float | tuple[float, float] | None = None,
+    dtype: str = 'uint8',
+    nodata: float | None = None,
+    nodata_region: Region | None = None,
+    nan_region: Region | None = None,
+    origin: tuple[float, float] | None = None,
+    data: np.ndarray | None = None,
+    seed: int = 0,
+    descriptions: Sequence[str] | None = None,
+) -> Path:
+    """Write a small GeoTIFF and return its path.
+
+    Args:
+        path: file to write (parent folders are created).
+        bands: number of bands.
+        width: width in pixels.
+        height: height in pixels.
+        crs: CRS, or None for a raster without one.
+        res: pixel size in CRS units (default 10 for projected, 0.0001 for degrees).
+        dtype: numpy dtype name (uint8, uint16, int16, float32, ...).
+        nodata: nodata value written into the file's metadata.
+        nodata_region: pixels set to *nodata* in every band.
+        nan_region: pixels set to NaN in every band (float dtypes only).
+        origin: (x, y) of the top-left corner (default per CRS, see DEFAULT_ORIGINS).
+        data: explicit ``(bands, height, width)`` values instead of random ones.
+        seed: seed of the random values.
+        descriptions: band descriptions (names).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    geographic = crs is not None and crs.upper() in ('EPSG:4326', 'OGC:CRS84')
+    if res is None:
+        res = 0.0001 if geographic else 10.0
+    xres, yres = (res, res) if isinstance(res, int | float) else res
+    if origin is None:
+        origin = DEFAULT_ORIGINS['EPSG:4326' if geographic else 'EPSG:32633']
+    if data is None:
+        rng = np.random.default_rng(seed)
+        kind = np.dtype(dtype)
+        if kind.kind == 'f':
+            data = rng.normal(100.0, 20.0, (bands, height, width))
+        else:
+            info = np.iinfo(kind)
+            low, high = max(info.min, -1000), min(info.max, 1000)
+            data = rng.integers(low, high, (bands, height, width))
+        data = data.astype(dtype)
+        if nodata is not None and np.isfinite(nodata):
+            data[data == nodata] = np.asarray(nodata + 1).astype(dtype)
+    data = np.array(data, dtype=dtype)
+    assert data.shape == (bands, height, width), data.shape
+    if nodata_region is not None:
+        assert nodata is not None, 'nodata_region needs nodata'
+        r0, r1, c0, c1 = nodata_region
+        data[:, r0:r1, c0:c1] = nodata
+    if nan_region is not None:
+        r0, r1, c0, c1 = nan_region
+        data[:, r0:r1, c0:c1] = np.nan
+    profile: dict[str, Any] = {
+        'driver': 'GTiff',
+        'width': width,
+        'height': height,
+        'count': bands,
+        'dtype': dtype,
+        'transform': from_origin(origin[0], origin[1], xres, yres),
+    }
+    if crs is not None:
+        profile['crs'] = crs
+    if nodata is not None:
+        profile['nodata'] = nodata
+    with rasterio.open(path, 'w', **profile) as dst:
+        dst.write(data)
+        for i, name in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, name)
+    return path
+
+
+@pytest.fixture
+def make_geotiff() -> Callable[..., Path]:
+    """Factory writing small GeoTIFFs: ``make_geotiff(path, bands=3, ...)``."""
+    return write_geotiff
+
+
+@pytest.fixture
+def utm_raster(tmp_path: Path) -> Path:
+    """3-band uint8, 64 x 64 px, 10 m, EPSG:32633, no nodata."""
+    return write_geotiff(tmp_path / 'utm.tif')
+
+
+@pytest.fixture
+def geographic_raster(tmp_path: Path) -> Path:
+    """3-band uint8, 64 x 64 px, 0.0001 degree, EPSG:4326, top edge at 45 N."""
+    return write_geotiff(tmp_path / 'geographic.tif', crs='EPSG:4326')
+
+
+@pytest.fixture
+def nodata_raster(tmp_path: Path) -> Path:
+    """3-band uint8, 64 x 64 px, nodata 255 in the left half (columns 0-31)."""
+    return write_geotiff(
+        tmp_path / 'nodata.tif', nodata=255, nodata_region=(0, 64, 0, 32)
+    )
+
+
+@pytest.fixture
+def four_band_raster(tmp_path: Path) -> Path:
+    """4-band uint16, 64 x 64 px, 10 m, EPSG:32633."""
+    return write_geotiff(tmp_path / 'four.tif', bands=4, dtype='uint16')

@@ -1,0 +1,5 @@
+"""Lightning datamodules for Cross-Scale MAE pretraining."""
+
+from .geotiff import GeoTIFFDataModule
+
+__all__ = ('GeoTIFFDataModule',)
