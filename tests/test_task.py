@@ -57,7 +57,7 @@ def write_config(path: Path, rasters: Path, **model) -> Path:
             'callbacks': [
                 {
                     'class_path': 'lightning.pytorch.callbacks.ModelCheckpoint',
-                    'init_args': {'save_last': True, 'save_top_k': 0},
+                    'init_args': {'save_last': True, 'save_top_k': 1},
                 }
             ],
         },
@@ -188,3 +188,8 @@ def test_weights_path_initialises_encoder(tmp_path: Path) -> None:
         assert torch.equal(v, task.model.encoder.state_dict()[k])
     with pytest.raises(FileNotFoundError, match='neither a file'):
         load_encoder_state_dict(str(tmp_path / 'missing.pth'))
+    # a Lightning checkpoint of the task works too
+    assert (
+        load_encoder_state_dict(str(path))[0].keys()
+        == src.model.encoder.state_dict().keys()
+    )

@@ -23,7 +23,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from .io import AtomicCheckpointIO, atomic_path, atomic_torch_save
+from .io import AtomicCheckpointIO, atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] = ()) -> int:
     )
     csv_logger = CSVLogger(save_dir=str(out), name='logs', version='')
     checkpoint = ModelCheckpoint(
-        dirpath=out / 'checkpoints', save_last=True, save_top_k=0
+        dirpath=out / 'checkpoints', save_last=True, save_top_k=1
     )
     trainer = Trainer(
         max_steps=args.steps,
@@ -149,9 +149,10 @@ def main(argv: Sequence[str] = ()) -> int:
     trainer.fit(task, datamodule=datamodule)
     minutes = (time.perf_counter() - start) / 60
 
-    encoder_path = atomic_torch_save(
-        task.model.encoder.state_dict(), out / 'encoder.pth'
-    )
+    from .models.convert import export_lightning_checkpoint
+
+    encoder_path = str(out / 'encoder.pth')
+    export_lightning_checkpoint(checkpoint.last_model_path, encoder_path)
     metrics_csv = os.path.join(csv_logger.log_dir, 'metrics.csv')
     metrics = read_metrics(metrics_csv)
     keys = (

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import numpy as np
 import shapely
 import shapely.affinity
 import torch
@@ -35,8 +36,9 @@ class _RandomPatchSampler(RandomPatchSampler):
     any raster at least one patch wide.
     """
 
-    def __init__(self, dataset: GeoTIFFDataset, **kwargs: Any) -> None:
-        super().__init__(dataset, **kwargs)
+    def __init__(self, dataset: GeoTIFFDataset, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(dataset, generator=seed, **kwargs)
+        self.seed = seed
         xres, yres = self.res
         pixels = shapely.affinity.scale(
             self.geometry, 1 / xres, 1 / yres, origin=(0, 0)
@@ -45,6 +47,17 @@ class _RandomPatchSampler(RandomPatchSampler):
         inner = shapely.buffer(pixels, -margin, join_style='mitre')
         inner = shapely.affinity.scale(inner, xres, yres, origin=(0, 0))
         self.series = GeoSeries([inner])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed from ``(seed, epoch)``: epoch N draws the same tiles in any run.
+
+        Lightning calls this at the start of every epoch, so a run resumed from a
+        checkpoint samples exactly what the uninterrupted run sampled.
+
+        Args:
+            epoch: The epoch about to start.
+        """
+        self.generator = np.random.default_rng([self.seed, epoch])
 
 
 def _describe_files(dataset: GeoTIFFDataset, limit: int = 3) -> str:
@@ -202,7 +215,7 @@ class GeoTIFFDataModule(GeoDataModule):
             length = math.ceil(max(tiles, self.batch_size) / self.batch_size)
             length *= self.batch_size
         sampler = _RandomPatchSampler(
-            dataset, size=self.patch_size, length=length, generator=self.seed
+            dataset, size=self.patch_size, length=length, seed=self.seed
         )
         if sampler.series.iloc[0].is_empty or sampler.series.area.iloc[0] <= 0:
             msg = (
@@ -273,7 +286,7 @@ class GeoTIFFDataModule(GeoDataModule):
             if split is None:  # a fixed list of training tiles, the same every epoch
                 n_val = max(1, round(self.val_fraction * len(self.train_sampler)))
                 fixed = _RandomPatchSampler(
-                    dataset, size=self.patch_size, length=n_val, generator=self.seed
+                    dataset, size=self.patch_size, length=n_val, seed=self.seed
                 )
                 val_sampler = list(fixed)
                 logger.info(
@@ -309,7 +322,16 @@ class GeoTIFFDataModule(GeoDataModule):
         """
         trainer = self.trainer
         training = trainer is None or bool(trainer.training)
-        generator = None if training else self._val_generator(batch)
+        if not training:
+            generator: torch.Generator | None = self._val_generator(batch)
+        elif trainer is not None:
+            # Views depend only on (seed, rank, step): a resumed run makes the same.
+            step_seed = [self.seed, trainer.global_rank, trainer.global_step]
+            generator = torch.Generator().manual_seed(
+                zlib.crc32(repr(step_seed).encode())
+            )
+        else:
+            generator = None
         batch = self.views(batch, generator)
         fraction = batch['valid'].flatten(1).float().mean(dim=1)
         keep = fraction >= self.min_valid_fraction

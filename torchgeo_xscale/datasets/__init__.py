@@ -1,6 +1,14 @@
-"""Datasets: GeoTIFF rasters with validity masks and GSD, and the demo's example data."""
+"""Datasets: GeoTIFF rasters with validity masks and GSD, fMoW-RGB, the demo's data."""
 
 from .example_data import fetch_example_rasters
+from .fmow import (
+    DEFAULT_INDEX_CACHE,
+    FMOW_CATEGORIES,
+    FMOW_RGB_MEAN,
+    FMOW_RGB_STD,
+    FMoWInputError,
+    FMoWRGB,
+)
 from .geotiff import (
     DEFAULT_STATS_CACHE,
     GeoTIFFDataset,
@@ -11,7 +19,13 @@ from .geotiff import (
 )
 
 __all__ = (
+    'DEFAULT_INDEX_CACHE',
     'DEFAULT_STATS_CACHE',
+    'FMOW_CATEGORIES',
+    'FMOW_RGB_MEAN',
+    'FMOW_RGB_STD',
+    'FMoWInputError',
+    'FMoWRGB',
     'GeoTIFFDataset',
     'RasterInputError',
     'RasterNotFoundError',

@@ -437,6 +437,7 @@ class CrossScaleMAE(nn.Module):
         valid: Tensor | None = None,
         sample_weight: Tensor | None = None,
         generator: torch.Generator | None = None,
+        masks: MaskInfo | None = None,
     ) -> CrossScaleMAEOutput:
         """Mask both views, encode, decode, and compute the losses.
 
@@ -447,6 +448,8 @@ class CrossScaleMAE(nn.Module):
             sample_weight: ``(B,)``; 0 drops a sample from every loss (e.g. a tile
                 with too many invalid pixels).
             generator: Optional random generator for the masks.
+            masks: Optional precomputed masks, view-major ``(V*B, ...)`` as
+                :meth:`draw_masks` returns them (default: drawn here).
 
         Returns:
             A :class:`CrossScaleMAEOutput`.
@@ -482,7 +485,8 @@ class CrossScaleMAE(nn.Module):
             pixel_valid = valid[:, :v].transpose(0, 1).reshape(v * b, 1, h, w).float()
         pixel_valid = pixel_valid * weight.repeat(v).view(-1, 1, 1, 1)
 
-        masks = self.draw_masks(b, v, views.device, generator)
+        if masks is None:
+            masks = self.draw_masks(b, v, views.device, generator)
         latent = self.forward_encoder(images, masks, flat_gsd)
 
         parts: dict[str, Tensor] = {}

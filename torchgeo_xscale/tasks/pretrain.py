@@ -4,6 +4,7 @@ import inspect
 import logging
 import math
 import os
+import zlib
 from typing import Any
 
 import torch
@@ -104,6 +105,7 @@ class CrossScaleMAETask(BaseTask):
         log_image_every_n_steps: int = 500,
         nonfinite: str = 'raise',
         max_nonfinite_skips: int = 10,
+        seed: int = 0,
     ) -> None:
         """Initialise the task.
 
@@ -160,6 +162,8 @@ class CrossScaleMAETask(BaseTask):
                 files and bounds) or ``skip`` (warn and skip the step, at most
                 *max_nonfinite_skips* times).
             max_nonfinite_skips: Skips allowed before raising anyway.
+            seed: Seed of the masks, drawn per step from (seed, rank, step), so that
+                a resumed run is exact.
 
         Raises:
             ValueError: If *nonfinite* is not ``raise`` or ``skip``.
@@ -169,15 +173,21 @@ class CrossScaleMAETask(BaseTask):
             raise ValueError(msg)
         super().__init__()
         self.nonfinite_skips = 0
+        self._val_batches = 0
         self._scale_views: torch.nn.Module | None = None
 
     def configure_models(self) -> None:
         """Build Cross-Scale MAE and load starting weights if given."""
         self.model = CrossScaleMAE(**{k: self.hparams[k] for k in MODEL_ARGS})
         if self.hparams['weights']:
-            state_dict = load_encoder_state_dict(self.hparams['weights'])
+            from ..models.convert import set_residual_norm_style
+
+            state_dict, info = load_encoder_state_dict(self.hparams['weights'])
             state_dict = resize_pos_embed(state_dict, self.model.encoder)
             self.model.encoder.load_state_dict(state_dict, strict=True)
+            # The authors' released blocks are post-norm: keep computing what they did.
+            style = info.get('residual_norm_style', 'pre')
+            set_residual_norm_style(self.model.encoder, style)
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         """AdamW with the linear-scaling rule, warm-up then cosine, per step.
@@ -245,6 +255,35 @@ class CrossScaleMAETask(BaseTask):
         batch['gsd'] = torch.as_tensor(gsd, device=image.device, dtype=torch.float32)
         return self._scale_views(batch)
 
+    def mask_generator(
+        self, device: torch.device, stage: str
+    ) -> torch.Generator | None:
+        """Generator of this step's masks, seeded by (seed, rank, step, stage).
+
+        Masks then depend only on the step, so a run resumed from a checkpoint draws
+        the masks the uninterrupted run drew, and validation masks are the same
+        every time.
+
+        Args:
+            device: Device of the masks.
+            stage: ``train`` or ``val``.
+
+        Returns:
+            The generator (None without a trainer).
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        key = f'{self.hparams["seed"]}/{trainer.global_rank}/{trainer.global_step}/{stage}'
+        if stage != 'train':
+            key += f'/{self._val_batches}'
+            self._val_batches += 1
+        return torch.Generator(device=device).manual_seed(zlib.crc32(key.encode()))
+
+    def on_validation_epoch_start(self) -> None:
+        """Restart the validation mask sequence."""
+        self._val_batches = 0
+
     def shared_step(self, batch: dict[str, Any], stage: str) -> CrossScaleMAEOutput:
         """Run the model on a batch and log the loss parts.
 
@@ -262,6 +301,7 @@ class CrossScaleMAETask(BaseTask):
             gsd=batch.get('view_gsd'),
             valid=batch.get('view_valid'),
             sample_weight=batch.get('sample_weight'),
+            generator=self.mask_generator(views.device, stage),
         )
         b = views.shape[0]
         on_step = stage == 'train'
@@ -397,26 +437,18 @@ class CrossScaleMAETask(BaseTask):
         save_figure(fig, path)
 
 
-def load_encoder_state_dict(weights: str) -> dict[str, Tensor]:
-    """Load an encoder state dict from a file or a weights entry name.
+def load_encoder_state_dict(weights: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Load encoder weights from a file or a weights entry name.
 
     Args:
-        weights: Path to a ``.pth`` file (tensors only), or a name such as
+        weights: Path to a weights file, a Lightning checkpoint of this task, one of
+            the authors' checkpoints, or an entry name such as
             ``CrossScaleMAEBase16_Weights.FMOW_RGB``.
 
     Returns:
-        The state dict.
-
-    Raises:
-        FileNotFoundError: If *weights* is neither a file nor a known entry.
+        The encoder state dict (timm names) and its description (e.g.
+        ``residual_norm_style``).
     """
-    if os.path.isfile(weights):
-        state = torch.load(weights, map_location='cpu', weights_only=True)
-        return state.get('state_dict', state) if isinstance(state, dict) else state
-    try:
-        from torchgeo.models import get_weight
+    from ..models.weights import load_weights
 
-        return get_weight(weights).get_state_dict(progress=True)
-    except (KeyError, ValueError, AttributeError) as err:
-        msg = f'weights={weights!r} is neither a file nor a known weights entry'
-        raise FileNotFoundError(msg) from err
+    return load_weights(weights)

@@ -202,7 +202,7 @@ class XScaleSegmentationTask(SemanticSegmentation):
             raise ValueError(msg)
         self._plot_samples: list[tuple[Tensor, Tensor, Tensor]] = []
         self.last_figure: str | None = None
-        self.segmentation_meta = {}
+        self.segmentation_meta: dict[str, Any] = {}
         super().__init__(
             model=model,
             backbone=backbone,
@@ -248,7 +248,7 @@ class XScaleSegmentationTask(SemanticSegmentation):
             if self.hparams['freeze_decoder']:
                 self.model.decoder.requires_grad_(False)
         self.aux_head: FCNHead | None = None
-        encoder = getattr(self.model, 'encoder', None)
+        encoder: Any = getattr(self.model, 'encoder', None)
         if self.hparams['aux_weight'] > 0 and hasattr(encoder, 'out_channels'):
             classes = self.hparams['num_classes'] or self.hparams['num_labels'] or 1
             self.aux_head = FCNHead(encoder.out_channels[-2], classes)
@@ -272,7 +272,8 @@ class XScaleSegmentationTask(SemanticSegmentation):
                 layer_decay=self.hparams['layer_decay'],
             )
             seen = {id(p) for p in encoder.parameters()}
-        decay, no_decay = [], []
+        decay: list[Tensor] = []
+        no_decay: list[Tensor] = []
         for name, p in self.named_parameters():
             if not p.requires_grad or id(p) in seen:
                 continue
@@ -454,8 +455,11 @@ class XScaleSegmentationTask(SemanticSegmentation):
         samples, self._plot_samples = self._plot_samples, []
         if not samples or not self.trainer.is_global_zero:
             return
-        fig = plot_segmentation(*zip(*samples), self.colormap(), self.hparams['labels'])
-        experiment = getattr(self.logger, 'experiment', None)
+        images, masks, preds = zip(*samples)
+        fig = plot_segmentation(
+            images, masks, preds, self.colormap(), self.hparams['labels']
+        )
+        experiment: Any = getattr(self.logger, 'experiment', None)
         if hasattr(experiment, 'add_figure'):
             experiment.add_figure(
                 f'predictions/{name}', fig, self.global_step, close=False
@@ -513,6 +517,6 @@ class XScaleSegmentationTask(SemanticSegmentation):
         Args:
             checkpoint: The checkpoint being loaded.
         """
-        self.segmentation_meta: dict[str, Any] = checkpoint.get(META_KEY, {})
+        self.segmentation_meta = checkpoint.get(META_KEY, {})
         style = self.segmentation_meta.get('residual_norm_style', 'pre')
         set_residual_norm_style(self.model, style)

@@ -1,0 +1,361 @@
+"""Weights entries: cache, download (file:// URLs), import/export, TorchGeo's API, builders."""
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from lightning.pytorch import Trainer
+from timm.models import adapt_input_conv
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torchgeo.models import api, get_model, get_model_weights, get_weight, list_models
+from torchgeo.tasks import Classification
+from torchvision.models._api import Weights
+
+from torchgeo_xscale.cli import main as xscale
+from torchgeo_xscale.models.convert import (
+    PostNormBlock,
+    export_lightning_checkpoint,
+    save_weights,
+    set_residual_norm_style,
+    to_official,
+)
+from torchgeo_xscale.models.cross_scale_mae import CrossScaleMAE
+from torchgeo_xscale.models.vit import build_vit
+from torchgeo_xscale.models.weights import (
+    FMOW_RGB_MEAN,
+    FMOW_RGB_STD,
+    CrossScaleMAEBase16_Weights,
+    CrossScaleMAELarge16_Weights,
+    CrossScaleMAEWeightsEnum,
+    WeightsNotAvailableError,
+    build_encoder,
+    crossscalemae_base_patch16,
+    crossscalemae_large_patch16,
+    md5sum,
+    register_weights,
+)
+from torchgeo_xscale.tasks import CrossScaleMAETask
+
+TINY = dict(
+    size='tiny',
+    img_size=32,
+    patch_size=8,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    decoder_embed_dim=32,
+    decoder_depth=1,
+    decoder_num_heads=2,
+    projection_dim=16,
+    projection_hidden_dim=32,
+    predictor_hidden_dim=32,
+)
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def randomise(module: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return module.eval()
+
+
+@pytest.fixture
+def hub_dir(tmp_path: Path) -> Iterator[Path]:
+    """torch hub's cache folder in tmp_path (torch.hub.set_dir, restored after)."""
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / 'hub'))
+    yield tmp_path / 'hub' / 'checkpoints' / 'xscale'
+    torch.hub.set_dir(old)
+
+
+def release(tmp_path: Path, payload: object = None) -> tuple[Path, CrossScaleMAE]:
+    """A fake release of the authors (xFormers post-norm layout) from a random model."""
+    model = set_residual_norm_style(randomise(CrossScaleMAE(**TINY)), 'post')
+    path = tmp_path / 'release' / 'checkpoint-399.pth'
+    path.parent.mkdir(exist_ok=True)
+    sd = to_official(model.state_dict(), 'official-xformers-post')
+    args = argparse.Namespace(model='mae_vit_tiny', use_xformers=True)
+    torch.save(payload or {'model': sd, 'epoch': 399, 'args': args}, path)
+    return path, model  # type: ignore[return-value]
+
+
+def fake_entry(src: Path, md5: str | None = None) -> CrossScaleMAEWeightsEnum:
+    class FakeTiny_Weights(CrossScaleMAEWeightsEnum):  # type: ignore[misc]
+        TEST = Weights(
+            url=src.as_uri(),
+            transforms=None,
+            meta={
+                'md5': md5 or md5sum(src),
+                'filename': 'fake-tiny.pth',
+                'img_size': 64,
+                'num_heads': 2,
+                'release': 'https://example.org/release',
+            },
+        )
+
+    return FakeTiny_Weights.TEST
+
+
+def test_download_checks_converts_caches(tmp_path: Path, hub_dir: Path) -> None:
+    src, model = release(tmp_path)
+    entry = fake_entry(src)
+    with pytest.warns(UserWarning, match='post-norm'):
+        sd = entry.get_state_dict(progress=False, check_hash=True, weights_only=True)
+    assert sorted(p.name for p in hub_dir.iterdir()) == [
+        'fake-tiny.pth',
+        'fake-tiny.pth.json',
+    ]
+    assert sd['pos_embed'].shape == (
+        1,
+        1 + 8 * 8,
+        32,
+    )  # regenerated for meta img_size 64
+    src.unlink()  # from now on, only the cache can serve it
+    encoder = build_encoder('tiny', entry, img_size=32)
+    assert isinstance(encoder.blocks[0], PostNormBlock)
+    with torch.no_grad():
+        assert torch.allclose(
+            encoder.forward_features(X), model.encoder.forward_features(X), atol=1e-6
+        )
+    wide = build_encoder('tiny', entry, img_size=32, in_chans=5)
+    w = sd['patch_embed.proj.weight']
+    assert torch.equal(wide.patch_embed.proj.weight, adapt_input_conv(5, w))
+    assert build_encoder('tiny', entry).patch_embed.img_size == (64, 64)
+
+
+@pytest.mark.parametrize('kind', ['md5', 'truncated', 'pickle'])
+def test_bad_downloads_fail_and_leave_no_file(
+    tmp_path: Path, hub_dir: Path, kind: str
+) -> None:
+    if kind == 'pickle':
+        src, _ = release(tmp_path, payload={'model': {}, 'hook': print})
+    else:
+        src, _ = release(tmp_path)
+    if kind == 'truncated':
+        src.write_bytes(src.read_bytes()[:1000])
+    entry = fake_entry(src, md5='0' * 32 if kind == 'md5' else None)
+    match = {
+        'md5': 'has md5 .* not the published 0{32}',
+        'truncated': 'truncated or corrupt',
+        'pickle': 'not a tensors-only checkpoint.*print',
+    }[kind]
+    with pytest.raises(ValueError, match=match):
+        entry.get_state_dict(progress=False)
+    assert list(hub_dir.iterdir()) == []
+
+
+def test_not_available_offline(tmp_path: Path, hub_dir: Path) -> None:
+    entry = CrossScaleMAEBase16_Weights.FMOW_RGB
+    with pytest.raises(
+        WeightsNotAvailableError, match=r'not available offline.*xscale weights import'
+    ):
+        entry.get_state_dict(url=(tmp_path / 'missing.pth').as_uri())
+    assert list(hub_dir.iterdir()) == []
+
+
+def test_entries_in_torchgeo_api() -> None:
+    assert {'crossscalemae_base_patch16', 'crossscalemae_large_patch16'} <= set(
+        list_models()
+    )
+    assert (
+        get_model_weights('crossscalemae_base_patch16') is CrossScaleMAEBase16_Weights
+    )
+    assert (
+        get_model_weights(crossscalemae_large_patch16) is CrossScaleMAELarge16_Weights
+    )
+    base = get_weight('CrossScaleMAEBase16_Weights.FMOW_RGB')
+    assert base is CrossScaleMAEBase16_Weights.FMOW_RGB
+    assert base.meta['md5'] == '0c33995da85c112d9602f89d5b186bbc'
+    assert (
+        CrossScaleMAELarge16_Weights.FMOW_RGB.meta['md5']
+        == 'e6e4f58c07bbbc4c4dd63fa26c644dd4'
+    )
+    for key in (
+        'dataset',
+        'in_chans',
+        'img_size',
+        'model',
+        'publication',
+        'repo',
+        'ssl_method',
+        'bands',
+    ):
+        assert key in base.meta
+    assert 'CC-BY-NC' in base.meta['license']
+    assert 'aicip/Cross-Scale-MAE' in base.meta['repo']
+    x = torch.full((2, 3, 4, 4), 255.0)
+    expected = (1 - torch.tensor(FMOW_RGB_MEAN)) / torch.tensor(FMOW_RGB_STD)
+    assert torch.allclose(base.transforms(x)[1, :, 2, 2], expected)
+    assert base.transforms(x[0]).shape == (3, 4, 4)
+
+
+@pytest.mark.slow  # builds a full ViT-B through torchgeo.tasks.Classification
+def test_released_entry_from_cache_through_torchgeo(hub_dir: Path) -> None:
+    """As after `xscale weights import`: the converted file is in the hub cache."""
+    entry = CrossScaleMAEBase16_Weights.FMOW_RGB
+    ours = randomise(build_vit('base', img_size=224, depth=1))
+    info = {
+        'layout': 'official-xformers-pre',
+        'residual_norm_style': 'pre',
+        'model': {'depth': 1, 'embed_dim': 768, 'num_heads': 12, 'img_size': 224},
+    }
+    save_weights(ours.state_dict(), entry.cache_path(), info)
+    model = get_model('crossscalemae_base_patch16', weights=entry, img_size=32)
+    x = torch.randn(1, 3, 32, 32)
+    ref = build_vit('base', img_size=32, depth=1)
+    ref.load_state_dict({**ours.state_dict(), 'pos_embed': ref.pos_embed}, strict=True)
+    with torch.no_grad():
+        assert torch.allclose(
+            model.forward_features(x), ref.eval().forward_features(x), atol=1e-5
+        )
+    task = Classification(
+        model='vit_base_patch16_224',
+        weights='CrossScaleMAEBase16_Weights.FMOW_RGB',
+        in_channels=3,
+        num_classes=2,
+    )
+    loaded = task.model.state_dict()
+    assert torch.equal(
+        loaded['blocks.0.attn.qkv.weight'],
+        ours.state_dict()['blocks.0.attn.qkv.weight'],
+    )
+    assert torch.equal(loaded['pos_embed'], ours.pos_embed)
+
+
+def test_lightning_checkpoint_loads_through_the_builders(tmp_path: Path) -> None:
+    task = CrossScaleMAETask(**TINY, log_image_every_n_steps=0)
+    g = torch.Generator().manual_seed(0)
+    data = [
+        {
+            'views': torch.randn(2, 3, 32, 32, generator=g),
+            'view_gsd': torch.tensor([1.0, 2.0]),
+        }
+        for _ in range(4)
+    ]
+    trainer = Trainer(
+        max_steps=2,
+        accelerator='cpu',
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(task, train_dataloaders=DataLoader(data, batch_size=2))
+    ckpt = tmp_path / 'last.ckpt'
+    trainer.save_checkpoint(ckpt)
+    with torch.no_grad():
+        ref = task.model.encoder.eval().forward_features(X)
+        assert torch.equal(
+            crossscalemae_base_patch16(weights=str(ckpt)).forward_features(X), ref
+        )
+        export_lightning_checkpoint(ckpt, tmp_path / 'encoder.pth')
+        assert torch.equal(
+            crossscalemae_base_patch16(
+                weights=tmp_path / 'encoder.pth'
+            ).forward_features(X),
+            ref,
+        )
+        vit = timm.create_model(
+            'vit_base_patch16_224',
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            patch_size=8,
+            img_size=32,
+            num_classes=0,
+            pretrained=False,
+        )
+        vit.load_state_dict(
+            torch.load(tmp_path / 'encoder.pth', weights_only=True), strict=True
+        )
+        assert torch.allclose(vit.eval().forward_features(X), ref, atol=1e-5)
+
+
+def test_builder_errors(tmp_path: Path) -> None:
+    vit = build_vit(
+        'tiny', img_size=32, patch_size=8, embed_dim=40, depth=1, num_heads=5
+    )
+    torch.save(vit.state_dict(), tmp_path / 'plain.pth')
+    with pytest.raises(ValueError, match='no recorded num_heads; pass num_heads'):
+        crossscalemae_base_patch16(weights=tmp_path / 'plain.pth')
+    out = crossscalemae_base_patch16(weights=tmp_path / 'plain.pth', num_heads=5)
+    assert out.num_features == 40 and out.patch_embed.img_size == (32, 32)
+    with pytest.raises(ValueError, match=r'do not fit a base ViT.*size mismatch'):
+        crossscalemae_base_patch16(
+            weights=tmp_path / 'plain.pth', num_heads=4, embed_dim=64
+        )
+    with pytest.raises(
+        FileNotFoundError, match='neither a file nor a known weights entry'
+    ):
+        crossscalemae_base_patch16(weights='NoSuch_Weights.X')
+
+
+@pytest.fixture
+def registered(tmp_path: Path) -> Iterator[tuple[CrossScaleMAEWeightsEnum, Path]]:
+    src, _ = release(tmp_path)
+    entry = fake_entry(src)
+
+    def fake_tiny(weights: object = None, **kwargs: object) -> nn.Module:
+        return build_encoder('tiny', weights, **kwargs)  # type: ignore[arg-type]
+
+    register_weights('fake_tiny', fake_tiny, type(entry))
+    assert get_model_weights(fake_tiny) is type(entry)
+    yield entry, src
+    del api._model['fake_tiny'], api._model_weights['fake_tiny']
+    del api._model_weights[fake_tiny]
+
+
+def test_cli_import_list_export(
+    tmp_path: Path, registered: tuple, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entry, src = registered
+    cache = tmp_path / 'cache'
+    assert xscale(['weights', 'list', '--model-dir', str(cache)]) == 0
+    assert 'FakeTiny_Weights.TEST' in capsys.readouterr().out
+    (tmp_path / 'other.pth').write_bytes(b'not the release')
+    assert (
+        xscale(
+            [
+                'weights',
+                'import',
+                str(tmp_path / 'other.pth'),
+                '--model-dir',
+                str(cache),
+            ]
+        )
+        == 1
+    )
+    assert 'matches no released checkpoint' in capsys.readouterr().err
+    assert (
+        xscale(
+            [
+                'weights',
+                'import',
+                str(tmp_path / 'other.pth'),
+                '--weights',
+                str(entry),
+                '--model-dir',
+                str(cache),
+            ]
+        )
+        == 1
+    )
+    assert 'not the published' in capsys.readouterr().err
+    assert not cache.exists() or list(cache.iterdir()) == []
+    assert xscale(['weights', 'import', str(src), '--model-dir', str(cache)]) == 0
+    assert 'official-xformers-post layout, post-norm blocks' in capsys.readouterr().out
+    assert entry.cache_path(cache).is_file()
+    xscale(['weights', 'list', '--model-dir', str(cache)])
+    assert f'cached   {entry.cache_path(cache)}' in capsys.readouterr().out
+    assert xscale(['weights', 'export', str(src), str(tmp_path / 'out.pth')]) == 0
+    assert 'official-xformers-post' in capsys.readouterr().out
+    assert isinstance(
+        torch.load(tmp_path / 'out.pth', weights_only=True)['cls_token'], Tensor
+    )

@@ -1,0 +1,163 @@
+"""``xscale weights``: list, import and export pretrained weights.
+
+* ``xscale weights list``: every registered entry, and whether its converted file is
+  in the cache;
+* ``xscale weights import FILE``: check a downloaded release (by MD5), convert it and
+  cache it, so that ``crossscalemae_base_patch16(CrossScaleMAEBase16_Weights.FMOW_RGB)``
+  works offline;
+* ``xscale weights export SRC OUT.pth``: turn one of our Lightning checkpoints (or any
+  checkpoint the converters read) into a weights file the builders load by path.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .models.convert import export_weights, read_weights_info
+from .models.weights import CrossScaleMAEWeightsEnum, md5sum, registered_entries
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the arguments of ``xscale weights``.
+
+    Args:
+        argv: Arguments after ``xscale weights``.
+
+    Returns:
+        The namespace (``command`` is ``list``, ``import`` or ``export``).
+    """
+    parser = argparse.ArgumentParser(
+        prog='xscale weights', description=__doc__.splitlines()[0]
+    )
+    sub = parser.add_subparsers(dest='command', required=True)
+    cache_help = 'cache folder (default: torch hub dir/checkpoints/xscale)'
+    p = sub.add_parser('list', help='registered entries and what is cached')
+    p.add_argument('--model-dir', help=cache_help)
+    p = sub.add_parser('import', help='check, convert and cache a downloaded release')
+    p.add_argument('file', help="the authors' checkpoint (.pth) as downloaded")
+    p.add_argument('--weights', help='entry name (default: found by the MD5 of FILE)')
+    p.add_argument('--model-dir', help=cache_help)
+    p = sub.add_parser('export', help='checkpoint -> weights file for the builders')
+    p.add_argument(
+        'src', help='Lightning .ckpt of CrossScaleMAETask, or another checkpoint'
+    )
+    p.add_argument(
+        'out', help='output weights file (.pth; a .pth.json is written beside)'
+    )
+    return parser.parse_args(list(argv))
+
+
+def find_entry(digest: str) -> CrossScaleMAEWeightsEnum | None:
+    """The registered entry whose original file has MD5 *digest*.
+
+    Args:
+        digest: MD5 hex digest.
+
+    Returns:
+        The entry, or None.
+    """
+    return next((e for e in registered_entries() if e.meta.get('md5') == digest), None)
+
+
+def cmd_list(model_dir: str | None) -> int:
+    """Print every entry with its cache state.
+
+    Args:
+        model_dir: Cache folder override.
+
+    Returns:
+        0.
+    """
+    for entry in registered_entries():
+        path = entry.cache_path(model_dir)
+        if path.is_file():
+            info = read_weights_info(path)
+            size = path.stat().st_size / 2**20
+            state = f'cached   {path} ({size:.1f} MiB, from {info.get("layout", "?")} layout)'
+        else:
+            state = f'missing  (download {entry.meta["release"]}, then `xscale weights import`)'
+        print(f'{entry!s:45} {state}')
+        print(
+            f'{"":45} md5 {entry.meta["md5"]}  licence {entry.meta.get("license", "?")}'
+        )
+    return 0
+
+
+def cmd_import(file: str, weights: str | None, model_dir: str | None) -> int:
+    """Import a downloaded release into the cache.
+
+    Args:
+        file: The downloaded file.
+        weights: Entry name, or None to find it by MD5.
+        model_dir: Cache folder override.
+
+    Returns:
+        0 on success, 1 if the file matches no entry.
+    """
+    digest = md5sum(file)
+    if weights:
+        entry = next((e for e in registered_entries() if str(e) == weights), None)
+        if entry is None:
+            names = [str(e) for e in registered_entries()]
+            print(
+                f'error: --weights {weights!r} is not one of {names}', file=sys.stderr
+            )
+            return 1
+    else:
+        entry = find_entry(digest)
+        if entry is None:
+            known = ', '.join(f'{e} ({e.meta["md5"]})' for e in registered_entries())
+            print(
+                f'error: {file} has md5 {digest}, which matches no released checkpoint '
+                f'[{known}]; for a checkpoint of your own use `xscale weights export`',
+                file=sys.stderr,
+            )
+            return 1
+    path = entry.import_file(file, model_dir)
+    info = read_weights_info(path)
+    print(
+        f'{entry}: {info.get("layout")} layout, {info.get("residual_norm_style")}-norm blocks'
+    )
+    if info.get('unexpected_keys'):
+        print(f'  not mapped (unused): {", ".join(info["unexpected_keys"])}')
+    print(f'  cached at {path}')
+    return 0
+
+
+def cmd_export(src: str, out: str) -> int:
+    """Export a checkpoint to a weights file.
+
+    Args:
+        src: The checkpoint.
+        out: The weights file.
+
+    Returns:
+        0.
+    """
+    conv = export_weights(src, out)
+    args = ', '.join(f'{k}={v}' for k, v in sorted(conv.model_args.items()))
+    print(f'{src} ({conv.layout}) -> {out} [{args}]')
+    if conv.unexpected_keys:
+        print(f'  not exported: {len(conv.unexpected_keys)} non-encoder keys')
+    return 0
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    """Run ``xscale weights``.
+
+    Args:
+        argv: Arguments after ``xscale weights``.
+
+    Returns:
+        Exit status: 0 on success, 1 on a bad file (the message says why).
+    """
+    args = parse_args(argv)
+    try:
+        if args.command == 'list':
+            return cmd_list(args.model_dir)
+        if args.command == 'import':
+            return cmd_import(args.file, args.weights, args.model_dir)
+        return cmd_export(args.src, args.out)
+    except (ValueError, FileNotFoundError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
