@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import Trainer, seed_everything
@@ -28,7 +29,7 @@ from .io import AtomicCheckpointIO, atomic_path
 logger = logging.getLogger(__name__)
 
 #: The demo's model: a small ViT that trains in minutes on 2 CPU cores.
-DEMO_MODEL = dict(
+DEMO_MODEL: dict[str, Any] = dict(
     size='tiny',
     img_size=64,
     patch_size=8,

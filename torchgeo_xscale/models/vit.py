@@ -214,6 +214,9 @@ class CrossScaleViT(VisionTransformer):
         Returns:
             ``(B or 1, 1 + N, D)``.
         """
+        if self.pos_embed is None:
+            msg = 'CrossScaleViT needs absolute position embeddings (pos_embed)'
+            raise ValueError(msg)
         if self.gsd_pos_embed:
             if gsd is None:
                 msg = 'gsd_pos_embed=True needs the GSD of every sample (gsd=...)'
@@ -247,6 +250,7 @@ class CrossScaleViT(VisionTransformer):
         else:
             index = ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
             tokens = torch.gather(tokens, 1, index)
+        assert self.cls_token is not None  # class_token=True is required
         cls = (self.cls_token + pe[:, :1]).expand(b, -1, -1)
         tokens = self.pos_drop(torch.cat([cls, tokens], dim=1))
         tokens = self.norm_pre(tokens)

@@ -431,7 +431,7 @@ class CrossScaleMAETask(BaseTask):
         path = os.path.join(
             log_dir, 'reconstructions', f'step_{self.global_step:07d}.png'
         )
-        experiment = getattr(self.logger, 'experiment', None)
+        experiment: Any = getattr(self.logger, 'experiment', None)
         if hasattr(experiment, 'add_figure'):
             experiment.add_figure('reconstruction', fig, self.global_step, close=False)
         save_figure(fig, path)
