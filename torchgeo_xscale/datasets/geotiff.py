@@ -127,6 +127,33 @@ def _resolve_bands(
     return indexes
 
 
+def _check_grid(path: str, src: rasterio.DatasetReader) -> None:
+    """Warn about rotated grids; refuse geographic rasters reaching a pole.
+
+    A rotated or sheared transform is warped north-up by TorchGeo (the GSD is then
+    that of the warped grid); a geographic raster beyond +-89.9 degrees has no
+    meaningful metres-per-pixel there.
+    """
+    t = src.transform
+    if t.b != 0 or t.d != 0:
+        logger.warning(
+            '%s: rotated/sheared geotransform (b=%g, d=%g); TorchGeo warps it north-up '
+            'and the GSD is that of the warped grid',
+            path,
+            t.b,
+            t.d,
+        )
+    if src.crs is not None and src.crs.is_geographic:
+        top, bottom = src.bounds.top, src.bounds.bottom
+        if max(abs(top), abs(bottom)) > 89.9:
+            raise _error(
+                path,
+                f'geographic raster reaches latitude {max(top, bottom, key=abs):.4f}',
+                'latitudes within +-89.9 degrees (reproject polar data to a polar '
+                'projection such as EPSG:3413/3031)',
+            )
+
+
 def validate_rasters(
     files: Sequence[str],
     bands: Sequence[int | str] | None = None,
@@ -162,6 +189,7 @@ def validate_rasters(
                 raise _error(path, 'has no CRS', georeferenced)
             if src.transform.is_identity and not gcps:
                 raise _error(path, 'has no geotransform', georeferenced)
+            _check_grid(path, src)
             if first is None:
                 first = (path, src.count)
                 indexes = _resolve_bands(bands, path, src.count, src.descriptions)

@@ -184,6 +184,7 @@ class CrossScaleMAETask(BaseTask):
 
             state_dict, info = load_encoder_state_dict(self.hparams['weights'])
             state_dict = resize_pos_embed(state_dict, self.model.encoder)
+            check_compatible(state_dict, self.model.encoder, self.hparams['weights'])
             self.model.encoder.load_state_dict(state_dict, strict=True)
             # The authors' released blocks are post-norm: keep computing what they did.
             style = info.get('residual_norm_style', 'pre')
@@ -435,6 +436,40 @@ class CrossScaleMAETask(BaseTask):
         if hasattr(experiment, 'add_figure'):
             experiment.add_figure('reconstruction', fig, self.global_step, close=False)
         save_figure(fig, path)
+
+
+def check_compatible(
+    state_dict: dict[str, Tensor], model: torch.nn.Module, source: str
+) -> None:
+    """Raise one clear line if *state_dict* does not fit *model*.
+
+    Args:
+        state_dict: Encoder weights.
+        model: The encoder they are for.
+        source: Where they came from (named in the message).
+
+    Raises:
+        ValueError: On missing/unexpected keys or a shape mismatch (e.g. the
+            checkpoint of another model size), naming the first difference.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    if not (missing or unexpected or shapes):
+        return
+    if shapes:
+        k = shapes[0]
+        what = f'{k} has shape {tuple(state_dict[k].shape)}, the model {tuple(own[k].shape)}'
+    elif missing:
+        what = f'{len(missing)} missing keys (first {missing[0]})'
+    else:
+        what = f'{len(unexpected)} unexpected keys (first {unexpected[0]})'
+    msg = (
+        f'weights={source!r} do not fit this encoder: {what}; expected weights of the '
+        'same size (size/embed_dim/depth/patch_size/in_chans)'
+    )
+    raise ValueError(msg)
 
 
 def load_encoder_state_dict(weights: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
