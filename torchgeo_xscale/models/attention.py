@@ -3,16 +3,34 @@
 Every backend is an ``nn.Module`` with the parameter names of timm's
 :class:`timm.layers.Attention` (``qkv``, ``q_norm``, ``k_norm``, ``proj``) where it has
 the same parameters, so a state dict loads across backends, and a forward of the form
-``forward(x, pos=None)``:
+``forward(x, pos=None, attn_mask=None)``:
 
 * ``x``: tokens ``(B, N, D)``;
 * ``pos``: optional integer grid positions ``(B, N, 2)`` (row, col) of each token, ``-1``
   for prefix tokens such as CLS. Backends that mix tokens by position (``local``) need
-  it; the others ignore it.
+  it; the others ignore it;
+* ``attn_mask``: optional bool mask (True = attend) or additive bias broadcastable to
+  ``(B, H, N, N)``.
+
+Backends:
+
+* ``sdpa``: :func:`torch.nn.functional.scaled_dot_product_attention` (the default);
+* ``eager``: softmax(QK^T / sqrt(d)) V written out, the reference for tests;
+* ``xformers``: ``xformers.ops.memory_efficient_attention``, CUDA only; raises at
+  construction without CUDA or without the package;
+* ``fourier``: FNet token mixing (:mod:`.fourier`); only the output projection
+  ``proj`` of timm's parameters;
+* ``local``: attention inside ``w x w`` windows of the patch grid
+  (:mod:`.local_attention`); timm's parameters, plus a relative position bias table
+  when enabled.
+
+``sdpa``, ``eager``, ``xformers`` and ``local`` (without bias table) have the same
+parameters, so one state dict serves all of them.
 
 New backends register with :func:`register_attention`.
 """
 
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +38,9 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Attention
 from torch import Tensor, nn
+
+from .fourier import FourierMix
+from .local_attention import LocalAttention
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -167,3 +188,77 @@ class EagerAttention(SDPAttention):
             else:
                 scores = scores + bias
         return self.attn_drop(scores.softmax(dim=-1)) @ v
+
+
+@register_attention('xformers')
+class XFormersAttention(SDPAttention):
+    """Multi-head attention through ``xformers.ops.memory_efficient_attention`` (CUDA).
+
+    Same parameters as ``sdpa``, so weights load across the two unchanged. Raises at
+    construction, not mid-training, where it cannot run.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, **kwargs: Any) -> None:
+        """Initialise the layer.
+
+        Args:
+            dim: Token dimension D.
+            num_heads: Number of heads.
+            **kwargs: timm :class:`~timm.layers.Attention` arguments; others ignored.
+
+        Raises:
+            ImportError: If xFormers is not installed.
+            RuntimeError: If no CUDA device is available.
+        """
+        if importlib.util.find_spec('xformers') is None:
+            msg = "attention='xformers' needs the xformers package (pip install xformers); use attention='sdpa' otherwise"
+            raise ImportError(msg)
+        if not torch.cuda.is_available():
+            msg = "attention='xformers' runs on CUDA only and no CUDA device is available; use attention='sdpa'"
+            raise RuntimeError(msg)
+        super().__init__(dim, num_heads=num_heads, **kwargs)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+        """Memory-efficient attention of per-head queries over keys/values.
+
+        Args:
+            q: Queries ``(B, H, N, d)`` on a CUDA device.
+            k: Keys ``(B, H, N, d)``.
+            v: Values ``(B, H, N, d)``.
+            bias: Optional additive bias or boolean mask broadcastable to
+                ``(B, H, N, N)``.
+
+        Returns:
+            Attended values ``(B, H, N, d)``.
+
+        Raises:
+            RuntimeError: If the tensors are not on a CUDA device.
+        """
+        if q.device.type != 'cuda':
+            msg = f"attention='xformers' got tensors on {q.device}; move the model to a CUDA device or use attention='sdpa'"
+            raise RuntimeError(msg)
+        import xformers.ops as xops
+
+        attn_bias = None
+        if bias is not None:
+            b, h, n, _ = q.shape
+            nk = k.shape[2]
+            # xFormers wants the bias's last dim 8-aligned in memory: slice a padded one
+            attn_bias = q.new_zeros(b, h, n, -(-nk // 8) * 8)[..., :nk]
+            if bias.dtype == torch.bool:
+                attn_bias.masked_fill_(~bias.expand(b, h, n, nk), float('-inf'))
+            else:
+                attn_bias.copy_(bias.expand(b, h, n, nk))
+        p = self.attn_drop.p if self.training else 0.0
+        out = xops.memory_efficient_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_bias=attn_bias,
+            p=p,
+        )
+        return out.transpose(1, 2)
+
+
+register_attention('fourier')(FourierMix)
+register_attention('local')(LocalAttention)

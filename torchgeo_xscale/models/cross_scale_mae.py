@@ -28,6 +28,7 @@ from ..losses import (
     reconstruction_loss,
 )
 from ..masking import MaskInfo, build_mask_strategy
+from .local_attention import set_grid_size
 from .vit import (
     VIT_SIZES,
     Block,
@@ -271,6 +272,7 @@ class CrossScaleMAE(nn.Module):
             else None
         )
         self.num_patches = num_patches
+        set_grid_size(self, self.grid)
 
     # ------------------------------------------------------------------ masking
     def draw_masks(

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from torchgeo.models.scale_mae import get_2d_sincos_pos_embed_with_resolution
 
 from .attention import build_attention
+from .local_attention import set_grid_size
 
 #: Encoder sizes: (embed_dim, depth, num_heads).
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -197,6 +198,8 @@ class CrossScaleViT(VisionTransformer):
             with torch.no_grad():
                 self.pos_embed.copy_(sincos_pos_embed(self.embed_dim, grid_h))
             self.pos_embed.requires_grad_(False)
+        # Local-window attention needs the patch grid for its fast partition path.
+        set_grid_size(self, self.patch_embed.grid_size)
 
     @property
     def grid_size(self) -> tuple[int, int]:

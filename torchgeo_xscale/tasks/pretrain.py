@@ -95,6 +95,7 @@ class CrossScaleMAETask(BaseTask):
         attention_options: dict[str, Any] | None = None,
         drop_path_rate: float = 0.0,
         grad_checkpointing: bool = False,
+        compile: bool = False,
         weights: str | None = None,
         lr: float | None = None,
         base_lr: float = 1.5e-4,
@@ -147,6 +148,8 @@ class CrossScaleMAETask(BaseTask):
             attention_options: Backend options.
             drop_path_rate: Stochastic depth.
             grad_checkpointing: Activation checkpointing.
+            compile: Compile the model with :func:`torch.compile` (the whole
+                Cross-Scale MAE step is one graph).
             weights: Optional encoder weights to start from: a file path, or a
                 weights entry name (resolved by :func:`torchgeo.models.get_weight`).
             lr: Peak learning rate; None computes ``base_lr * global_batch / 256``.
@@ -159,8 +162,10 @@ class CrossScaleMAETask(BaseTask):
             log_image_every_n_steps: Save a reconstruction figure of both views every
                 N training steps (0: never).
             nonfinite: What a non-finite loss does: ``raise`` (stop with the batch's
-                files and bounds) or ``skip`` (warn and skip the step, at most
-                *max_nonfinite_skips* times).
+                files and bounds; on an accelerator checked one step later, and
+                always before a checkpoint is written, so the step has no
+                host-device sync) or ``skip`` (warn and skip the step, at most
+                *max_nonfinite_skips* times; reads the loss every step).
             max_nonfinite_skips: Skips allowed before raising anyway.
             seed: Seed of the masks, drawn per step from (seed, rank, step), so that
                 a resumed run is exact.
@@ -173,6 +178,7 @@ class CrossScaleMAETask(BaseTask):
             raise ValueError(msg)
         super().__init__()
         self.nonfinite_skips = 0
+        self._pending: tuple[Tensor, dict[str, Any], int] | None = None
         self._val_batches = 0
         self._scale_views: torch.nn.Module | None = None
 
@@ -189,6 +195,8 @@ class CrossScaleMAETask(BaseTask):
             # The authors' released blocks are post-norm: keep computing what they did.
             style = info.get('residual_norm_style', 'pre')
             set_residual_norm_style(self.model.encoder, style)
+        if self.hparams['compile']:
+            self.model.compile()
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         """AdamW with the linear-scaling rule, warm-up then cosine, per step.
@@ -201,7 +209,8 @@ class CrossScaleMAETask(BaseTask):
             or self.hparams['base_lr'] * self.global_batch_size() / 256
         )
         groups = param_groups_weight_decay(self.model, self.hparams['weight_decay'])
-        fused = self.device.type == 'cuda'
+        # The fused AdamW kernel exists for CUDA and CPU tensors.
+        fused = self.device.type in ('cuda', 'cpu')
         optimizer = torch.optim.AdamW(
             groups, lr=lr, betas=self.hparams['betas'], fused=fused
         )
@@ -351,12 +360,16 @@ class CrossScaleMAETask(BaseTask):
         """
         if bool(torch.isfinite(loss)):
             return True
+        return self._nonfinite(loss, batch, self.global_step)
+
+    def _nonfinite(self, loss: Tensor, batch: dict[str, Any], step: int) -> bool:
+        """Warn and skip, or raise, for the non-finite *loss* of *batch*."""
         files = batch.get('files', '?')
         bounds = batch.get('bounds')
         if isinstance(bounds, Tensor):
             bounds = bounds.tolist()
         msg = (
-            f'non-finite loss {loss.item()} at step {self.global_step} '
+            f'non-finite loss {loss.item()} at step {step} '
             f'for batch files={files} bounds={bounds}'
         )
         self.nonfinite_skips += 1
@@ -371,6 +384,31 @@ class CrossScaleMAETask(BaseTask):
             return False
         raise FloatingPointError(msg + " (set nonfinite='skip' to skip such steps)")
 
+    def _check_pending(self) -> None:
+        """Raise for the deferred loss check of an earlier step, if it failed.
+
+        On an accelerator in ``raise`` mode, reading the loss right after the step
+        would make the host wait for the device every step. The loss and the
+        batch's file names and bounds are kept instead and checked here: at the
+        start of the next step, before a checkpoint is written and at the end of
+        training, so a non-finite model is never saved.
+        """
+        pending, self._pending = self._pending, None
+        if pending is not None and not bool(torch.isfinite(pending[0])):
+            self._nonfinite(*pending)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check the last step's loss before its weights are saved.
+
+        Args:
+            checkpoint: The checkpoint being written.
+        """
+        self._check_pending()
+
+    def on_train_end(self) -> None:
+        """Check the last step's loss."""
+        self._check_pending()
+
     def training_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> Tensor | None:
@@ -384,8 +422,14 @@ class CrossScaleMAETask(BaseTask):
         Returns:
             The loss, or None to skip the step.
         """
+        self._check_pending()
         out = self.shared_step(batch, 'train')
-        if not self.check_finite(out.loss, batch):
+        if self.hparams['nonfinite'] == 'raise' and out.loss.device.type != 'cpu':
+            # No host-device sync in the step: checked at the next one (see
+            # _check_pending). Skipping must decide now, so it reads the loss.
+            meta = {k: batch[k] for k in ('files', 'bounds') if k in batch}
+            self._pending = (out.loss.detach(), meta, self.global_step)
+        elif not self.check_finite(out.loss, batch):
             return None
         every = self.hparams['log_image_every_n_steps']
         if every and self.global_step % every == 0 and self.trainer.is_global_zero:
