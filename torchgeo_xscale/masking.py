@@ -7,7 +7,22 @@ One interface for every strategy::
 returns a :class:`MaskInfo` with the indices of the visible patches per sample (the
 same count for every sample, so the batch stays rectangular) and the indices that
 restore the original patch order. Strategies are looked up by name with
-:func:`build_mask_strategy`; new ones register with :func:`register_mask_strategy`.
+:func:`build_mask_strategy` (options as keyword arguments, ``mask_options`` in
+configs); new ones register with :func:`register_mask_strategy`.
+
+Registered strategies (details in :mod:`torchgeo_xscale.masks` and
+``docs/masking.md``):
+
+- ``random``: MAE's uniform random masking.
+- ``colormae-green``, ``colormae-blue``, ``colormae-red``, ``colormae-purple``:
+  ColorMAE's filtered-noise masks (:mod:`torchgeo_xscale.masks.colormae`).
+- ``lomar``: LoMaR's local windows (:mod:`torchgeo_xscale.masks.lomar`).
+- ``easy-first``: Efficient MAE's distance-based target dropping and weighting
+  (:mod:`torchgeo_xscale.masks.easy_first`).
+
+How the masks of Cross-Scale MAE's two views relate (``independent``, the default,
+or ``consistent``) is the model's ``view_masks`` option and works with every
+strategy.
 """
 
 from collections.abc import Callable
@@ -30,12 +45,16 @@ class MaskInfo:
             0 where visible.
         loss_weight: Optional per-patch weight of the reconstruction loss ``(B, N)``
             (e.g. easy-first weighting; 0 drops a target).
+        groups: Optional group of each visible patch ``(B, N_vis)`` (LoMaR's window
+            index), for encoders that restrict attention to a group; None means one
+            group. The current encoder attends over all visible patches.
     """
 
     ids_keep: Tensor
     ids_restore: Tensor
     mask: Tensor
     loss_weight: Tensor | None = None
+    groups: Tensor | None = None
 
     @property
     def num_visible(self) -> int:
@@ -181,3 +200,7 @@ def build_mask_strategy(name: str, **options: Any) -> MaskStrategy:
         msg = f'mask_strategy={name!r} is unknown; expected one of {list_mask_strategies()}'
         raise ValueError(msg)
     return _STRATEGIES[name](**options)
+
+
+# Importing the package registers the strategies of the other papers by name.
+from . import masks as _masks  # noqa: E402, F401
