@@ -15,6 +15,8 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 #: Extra subcommands: name -> ``module:function`` taking the remaining arguments.
 SUBCOMMANDS: dict[str, str] = {
     'demo': 'torchgeo_xscale.demo:main',
+    'eval': 'torchgeo_xscale.eval_cli:eval_main',
+    'study': 'torchgeo_xscale.eval_cli:study_main',
     'weights': 'torchgeo_xscale.weights_cli:main',
     'segment': 'torchgeo_xscale.segment_cli:segment_main',
     'scale-study': 'torchgeo_xscale.segment_cli:scale_study_main',

@@ -10,6 +10,13 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = '') -> Iterator[str]:
     """Yield a temporary path beside *path*; rename it to *path* on success.
@@ -33,6 +40,8 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = '') -> Iterator[str]
     os.close(fd)
     try:
         yield tmp
+        # mkstemp creates 0600 files; give the result the usual permissions.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -2,7 +2,6 @@
 
 import csv
 import os
-import tempfile
 from collections.abc import Sequence
 
 import matplotlib
@@ -14,6 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from .io import atomic_path
 from .losses import patchify, unpatchify
 
 
@@ -29,16 +29,11 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> st
         The destination path.
     """
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.png.part')
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches='tight', format='png')
-        os.replace(tmp, path)
+        with atomic_path(path, suffix='.png') as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches='tight', format='png')
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -193,12 +193,16 @@ class XScaleSegmentationTask(SemanticSegmentation):
                 ``<log_dir>/predictions/epoch_N.png`` each epoch (0: none).
 
         Raises:
-            ValueError: If an ``xscale_vit_*`` backbone is used with another model.
+            ValueError: If an ``xscale_vit_*`` backbone is used with another model or
+                with ``weights=True``.
         """
         if backbone.startswith(ENCODER_PREFIX) and model != 'upernet':
             msg = (
                 f"model={model!r} with backbone={backbone!r}; expected model='upernet'"
             )
+            raise ValueError(msg)
+        if backbone.startswith(ENCODER_PREFIX) and weights is True:
+            msg = f'weights=True (ImageNet) with backbone={backbone!r}; expected a weights entry, its name or a file'
             raise ValueError(msg)
         self._plot_samples: list[tuple[Tensor, Tensor, Tensor]] = []
         self.last_figure: str | None = None
@@ -238,9 +242,6 @@ class XScaleSegmentationTask(SemanticSegmentation):
                 decoder_channels=self.hparams['decoder_channels'],
                 **(self.hparams['backbone_options'] or {}),
             )
-            if self.weights is True:
-                msg = 'weights=True (ImageNet) is not available for xscale_vit_*; give a weights entry or file'
-                raise ValueError(msg)
             if self.weights:
                 load_pretrained_encoder(self.model.encoder, self.weights)
             if self.hparams['freeze_backbone']:
