@@ -1,0 +1,433 @@
+"""Any frozen encoder as a function ``images -> one feature vector per image``.
+
+:func:`load_encoder` accepts
+
+* a name registered in :mod:`torchgeo.models` (e.g. ``scalemae_large_patch16``, our
+  ``crossscalemae_base_patch16`` when :mod:`torchgeo_xscale.models.weights` provides
+  it), with ``weights`` a weights entry name (``ScaleMAELarge16_Weights.FMOW_RGB``) or
+  a file;
+* a size of :data:`~torchgeo_xscale.models.VIT_SIZES` or any :mod:`timm` ViT name,
+  with ``weights`` a file (``'timm'`` asks timm for its own pretrained weights);
+* a file: a Lightning checkpoint of :class:`~torchgeo_xscale.tasks.CrossScaleMAETask`
+  (keys ``model.encoder.*``) or of :class:`torchgeo.tasks.MAE` (``backbone.vit.*``),
+  or an encoder state dict with timm names (architecture read from the shapes);
+* an :class:`~torch.nn.Module`.
+
+The feature is the mean of the patch tokens (default) or the CLS token, after the
+encoder's final norm. GSD-aware encoders get the GSD of the scaled view:
+:class:`~torchgeo_xscale.models.CrossScaleViT` with ``gsd_pos_embed`` and TorchGeo's
+:class:`~torchgeo.models.scale_mae.ScaleMAE` (its ``res``), both as ``gsd / ratio``.
+"""
+
+import importlib
+import logging
+import os
+import re
+import sys
+from typing import Any, Literal
+
+import timm
+import torch
+from timm.models import register_model
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from ..models.convert import load_checkpoint, safe_load, unwrap
+from ..models.vit import VIT_SIZES, CrossScaleViT, resize_pos_embed
+
+#: A list: timm appends the names that :func:`register_timm_vit` registers here.
+__all__ = [
+    'DEMO_TIMM_MODEL',
+    'FeatureEncoder',
+    'encoder_weights',
+    'load_encoder',
+    'load_weights',
+    'register_timm_name',
+    'register_timm_vit',
+]
+
+logger = logging.getLogger(__name__)
+
+Pool = Literal['mean', 'cls']
+
+#: Key prefix of the encoder in a ``torchgeo.tasks.MAE`` checkpoint.
+_PEER_PREFIX = 'backbone.vit.'
+
+
+#: Pattern of the timm names made by :func:`register_timm_vit`.
+_TIMM_NAME = re.compile(r'vit_xscale_e(\d+)_d(\d+)_h(\d+)_p(\d+)_(\d+)$')
+
+
+def register_timm_vit(
+    embed_dim: int, depth: int, num_heads: int, patch_size: int, img_size: int
+) -> str:
+    """Register (once) a timm ViT name with the given dimensions; return the name.
+
+    ``torchgeo.tasks.MAE`` takes a timm model *name*; this makes one for any ViT
+    shape, e.g. ``vit_xscale_e128_d4_h4_p8_64``. :func:`load_encoder` re-registers
+    such names when it meets them in a checkpoint.
+
+    Args:
+        embed_dim: Width.
+        depth: Blocks.
+        num_heads: Attention heads.
+        patch_size: Patch side.
+        img_size: Input side.
+
+    Returns:
+        The registered timm model name.
+    """
+    name = f'vit_xscale_e{embed_dim}_d{depth}_h{num_heads}_p{patch_size}_{img_size}'
+    if timm.is_model(name):
+        return name
+    dims = dict(
+        img_size=img_size,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+    )
+
+    def builder(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+        if pretrained:
+            raise ValueError(f'pretrained=True: {name} has no weights')
+        for key in ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir'):
+            kwargs.pop(key, None)
+        return VisionTransformer(**(dims | kwargs))
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__module__ = __name__
+    setattr(sys.modules[__name__], name, builder)
+    register_model(builder)
+    return name
+
+
+def register_timm_name(name: str) -> bool:
+    """Register *name* if it is a :func:`register_timm_vit` name not yet known.
+
+    Args:
+        name: A timm model name.
+
+    Returns:
+        True if *name* is (now) a timm model.
+    """
+    match = _TIMM_NAME.match(name)
+    if match and not timm.is_model(name):
+        register_timm_vit(*(int(g) for g in match.groups()))
+    return bool(timm.is_model(name))
+
+
+#: timm name of ``xscale demo``'s encoder shape (width 128, depth 4, 4 heads, 8 px, 64 px).
+DEMO_TIMM_MODEL = register_timm_vit(128, 4, 4, 8, 64)
+
+
+def _scale_mae_tokens(
+    model: Any, images: Tensor, scale_ratio: float, gsd: Tensor | None
+) -> Tensor:
+    """TorchGeo Scale-MAE tokens with ``res = gsd / ratio`` (per distinct GSD)."""
+    base_res = float(model.res)
+    try:
+        if gsd is None:
+            model.res = base_res / scale_ratio
+            return model.forward_features(images)  # type: ignore[no-any-return]
+        out = None
+        for value in gsd.unique().tolist():
+            idx = (gsd == value).nonzero().squeeze(1)
+            model.res = value / scale_ratio
+            part = model.forward_features(images[idx])
+            if out is None:
+                out = part.new_empty((images.shape[0], *part.shape[1:]))
+            out[idx] = part
+        assert out is not None
+        return out
+    finally:
+        model.res = base_res
+
+
+class FeatureEncoder(nn.Module):
+    """A frozen encoder giving one feature vector per image.
+
+    Attributes:
+        model: The wrapped encoder (eval mode, no gradients).
+        pool: ``mean`` of patch tokens or ``cls``.
+        img_size: Input side in pixels the encoder expects.
+        in_chans: Input bands.
+        name: Label used in reports.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        pool: Pool = 'mean',
+        img_size: int | None = None,
+        in_chans: int | None = None,
+        name: str = 'encoder',
+    ) -> None:
+        """Wrap *model*.
+
+        Args:
+            model: A ViT (timm, ours, TorchGeo's Scale-MAE) or any module whose
+                ``forward_features``/``forward`` returns ``(B, D)``, ``(B, T, D)`` or
+                ``(B, D, h, w)``.
+            pool: ``mean`` of the patch tokens or the ``cls`` token.
+            img_size: Input size; default read from ``model.patch_embed``.
+            in_chans: Input bands; default read from ``model.patch_embed``.
+            name: Label used in reports.
+
+        Raises:
+            ValueError: If *pool* is unknown or the input size cannot be determined.
+        """
+        super().__init__()
+        if pool not in ('mean', 'cls'):
+            raise ValueError(f"pool={pool!r}; expected 'mean' or 'cls'")
+        self.model = model.eval().requires_grad_(False)
+        self.pool: Pool = pool
+        patch_embed = getattr(model, 'patch_embed', None)
+        if img_size is None and patch_embed is not None:
+            img_size = int(patch_embed.img_size[0])
+        if in_chans is None and patch_embed is not None:
+            in_chans = int(patch_embed.proj.in_channels)
+        if img_size is None:
+            raise ValueError(f'img_size=None for {type(model).__name__}; pass img_size')
+        self.img_size = int(img_size)
+        self.in_chans = in_chans
+        self.name = name
+
+    def train(self, mode: bool = True) -> 'FeatureEncoder':
+        """Keep the encoder frozen in eval mode (dropout, norms) whatever *mode*.
+
+        Args:
+            mode: Ignored.
+
+        Returns:
+            self.
+        """
+        super().train(False)
+        return self
+
+    def _tokens(self, images: Tensor, scale_ratio: float, gsd: Tensor | None) -> Tensor:
+        """Encoder output for images that share one scale ratio."""
+        model: Any = self.model
+        if isinstance(model, CrossScaleViT):
+            view_gsd = None
+            if model.gsd_pos_embed:
+                base = (
+                    gsd
+                    if gsd is not None
+                    else images.new_full((images.shape[0],), model.reference_gsd)
+                )
+                view_gsd = base.to(images) / scale_ratio
+            return model.forward_encoder(images, None, view_gsd)
+        if hasattr(model, 'res') and isinstance(model, VisionTransformer):  # Scale-MAE
+            return _scale_mae_tokens(self.model, images, scale_ratio, gsd)
+        if hasattr(model, 'forward_features'):
+            return model.forward_features(images)
+        return model(images)
+
+    def forward(
+        self, images: Tensor, scale_ratio: float = 1.0, gsd: Tensor | None = None
+    ) -> Tensor:
+        """Features of images already brought to *scale_ratio* by the caller.
+
+        Args:
+            images: ``(B, C, S, S)`` normalised images at the encoder's input size.
+            scale_ratio: The scale ratio r of the images (for GSD-aware encoders).
+            gsd: Native GSD per image in metres ``(B,)`` (for GSD-aware encoders).
+
+        Returns:
+            ``(B, D)`` features (not normalised).
+
+        Raises:
+            ValueError: If the encoder output cannot be pooled as requested.
+        """
+        with torch.no_grad():
+            out = self._tokens(images, scale_ratio, gsd)
+        if isinstance(out, tuple | list):
+            out = out[0]
+        if out.ndim == 4:
+            return out.float().mean(dim=(2, 3))
+        if out.ndim == 2:
+            return out.float()
+        prefix = int(getattr(self.model, 'num_prefix_tokens', 1))
+        if self.pool == 'cls':
+            if prefix == 0:
+                raise ValueError(
+                    f"pool='cls' but {type(self.model).__name__} has no CLS token"
+                )
+            return out[:, 0].float()
+        return out[:, prefix:].float().mean(dim=1)
+
+
+def encoder_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The encoder's timm-named state dict in any supported checkpoint file.
+
+    A ``torchgeo.tasks.MAE`` checkpoint gives its ``backbone.vit.*``; everything else
+    goes through :func:`torchgeo_xscale.models.convert.load_checkpoint` (our Lightning
+    checkpoints, weights files, the authors' layouts, plain encoder state dicts).
+
+    Args:
+        path: The file (loaded tensors-only).
+
+    Returns:
+        The encoder state dict.
+
+    Raises:
+        ValueError: For the authors' post-norm layout, which only our builders
+            (:mod:`torchgeo_xscale.models.weights`) can run.
+    """
+    state, _ = unwrap(safe_load(path))
+    if any(k.startswith(_PEER_PREFIX) for k in state):
+        return {
+            k[len(_PEER_PREFIX) :]: v
+            for k, v in state.items()
+            if k.startswith(_PEER_PREFIX)
+        }
+    conversion = load_checkpoint(path)
+    if conversion.residual_norm_style != 'pre':
+        msg = f'{path}: post-norm blocks; expected a pre-norm ViT (load it with a crossscalemae_* builder)'
+        raise ValueError(msg)
+    return conversion.encoder
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    """Load an encoder state dict into *model*, loudly.
+
+    ``pos_embed`` is resampled to the model's grid; the classification head may be
+    missing; any other missing or unexpected key raises.
+
+    Args:
+        model: The encoder.
+        state_dict: Its weights (timm names).
+
+    Raises:
+        ValueError: On missing or unexpected keys.
+    """
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.')}
+    if isinstance(model, VisionTransformer):
+        state_dict = resize_pos_embed(state_dict, model)
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        first = next(
+            (ln.strip() for ln in str(err).splitlines() if 'size mismatch' in ln),
+            str(err),
+        )
+        msg = f'weights do not fit {type(model).__name__}: {first}; expected the same architecture'
+        raise ValueError(msg) from err
+    missing = [k for k in result.missing_keys if not k.startswith('head.')]
+    if missing or result.unexpected_keys:
+        msg = (
+            f'weights do not fit {type(model).__name__}: missing {missing[:5]}, '
+            f'unexpected {result.unexpected_keys[:5]}; expected the encoder of the same '
+            'architecture (timm names)'
+        )
+        raise ValueError(msg)
+
+
+def _weights_entry(name: str) -> Any:
+    """Resolve ``Enum_Weights.MEMBER`` through TorchGeo's registry."""
+    from torchgeo.models import get_weight
+
+    try:
+        return get_weight(name)
+    except ValueError as err:
+        msg = f'weights={name!r} is neither a file nor a known weights entry'
+        raise ValueError(msg) from err
+
+
+def _model_from_name(
+    name: str, weights: str | None, kwargs: dict[str, Any]
+) -> nn.Module:
+    """Build the model called *name*, with entry weights when *weights* is no file."""
+    from torchgeo.models import get_model, list_models
+
+    ours = importlib.import_module('torchgeo_xscale.models.weights')  # registers ours
+    weights_file = weights if weights and os.path.isfile(weights) else None
+    entry = weights if weights and not weights_file and weights != 'timm' else None
+    if callable(getattr(ours, name, None)):
+        # our builders take an entry, its name or any of our checkpoint files
+        return getattr(ours, name)(weights=weights, **kwargs)  # type: ignore[no-any-return]
+    if name in list_models():
+        model = get_model(
+            name, weights=_weights_entry(entry) if entry else None, **kwargs
+        )
+    elif name in VIT_SIZES:
+        if entry:
+            raise ValueError(
+                f'weights={entry!r} is not a file; expected a .pth/.ckpt for size {name!r}'
+            )
+        from ..models.vit import build_vit
+
+        model = build_vit(name, **kwargs)
+    elif register_timm_name(name):
+        if entry:
+            raise ValueError(
+                f"weights={entry!r} is not a file; expected a file or 'timm' for {name!r}"
+            )
+        model = timm.create_model(
+            name, pretrained=weights == 'timm', num_classes=0, **kwargs
+        )
+    else:
+        msg = (
+            f'encoder={name!r} is not a file, a TorchGeo/torchgeo_xscale model, a ViT '
+            f'size {list(VIT_SIZES)} or a timm model name'
+        )
+        raise ValueError(msg)
+    if weights_file:
+        load_weights(model, encoder_weights(weights_file))
+    return model
+
+
+def _model_from_file(path: str, kwargs: dict[str, Any]) -> nn.Module:
+    """The encoder held by a checkpoint or weights file."""
+    state, _ = unwrap(safe_load(path))
+    if any(k.startswith(_PEER_PREFIX) for k in state):
+        from .reconstruction import load_torchgeo_mae
+
+        peer: Any = load_torchgeo_mae(path)
+        return peer.backbone.vit  # type: ignore[no-any-return]
+    from ..models.weights import build_encoder
+
+    # the architecture recorded with the weights (or read off the shapes) wins
+    return build_encoder('base', path, **kwargs)
+
+
+def load_encoder(
+    encoder: str | os.PathLike[str] | nn.Module,
+    weights: str | None = None,
+    pool: Pool = 'mean',
+    model_kwargs: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> FeatureEncoder:
+    """Load any supported encoder as a frozen :class:`FeatureEncoder`.
+
+    Args:
+        encoder: Model name, checkpoint/state-dict file, or module (see the module
+            docstring).
+        weights: Weights entry name, weights file, or ``'timm'``; None for the
+            builder's default (random for a name, the file's own for a file).
+        pool: ``mean`` of patch tokens or ``cls``.
+        model_kwargs: Extra builder arguments (``img_size``, ``in_chans``,
+            ``num_heads`` for a state dict...).
+        name: Label in reports (default: derived from *encoder*).
+
+    Returns:
+        The frozen encoder on the CPU.
+
+    Raises:
+        ValueError: If *encoder* or *weights* cannot be resolved or do not fit.
+    """
+    kwargs = dict(model_kwargs or {})
+    if isinstance(encoder, nn.Module):
+        model = encoder
+        label = name or type(encoder).__name__
+    else:
+        encoder = os.fspath(encoder)
+        label = name or os.path.basename(encoder)
+        if os.path.isfile(encoder):
+            model = _model_from_file(encoder, kwargs)
+            if weights:
+                load_weights(model, encoder_weights(weights))
+        else:
+            model = _model_from_name(encoder, weights, kwargs)
+    return FeatureEncoder(model, pool=pool, in_chans=kwargs.get('in_chans'), name=label)
