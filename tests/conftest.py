@@ -14,6 +14,22 @@ Region = tuple[int, int, int, int]
 
 DEFAULT_ORIGINS = {'EPSG:4326': (10.0, 45.0), 'EPSG:32633': (500000.0, 5000000.0)}
 
+#: Keyword arguments of the smallest CrossScaleMAE / CrossScaleMAETask the tests use.
+TINY_MODEL: dict[str, Any] = dict(
+    size='tiny',
+    img_size=32,
+    patch_size=8,
+    embed_dim=32,
+    depth=1,
+    num_heads=2,
+    decoder_embed_dim=32,
+    decoder_depth=1,
+    decoder_num_heads=2,
+    projection_dim=16,
+    projection_hidden_dim=32,
+    predictor_hidden_dim=32,
+)
+
 
 def write_geotiff(
     path: str | Path,

@@ -14,6 +14,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
+from conftest import TINY_MODEL
 
 from torchgeo_xscale.cli import main
 from torchgeo_xscale.datamodules import GeoTIFFDataModule
@@ -25,20 +26,7 @@ from torchgeo_xscale.datasets import (
 from torchgeo_xscale.models import CrossScaleMAE
 from torchgeo_xscale.tasks import CrossScaleMAETask
 
-TINY = dict(
-    size='tiny',
-    img_size=32,
-    patch_size=8,
-    embed_dim=32,
-    depth=1,
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=2,
-    projection_dim=16,
-    projection_hidden_dim=32,
-    predictor_hidden_dim=32,
-)
+TINY = TINY_MODEL
 
 
 def dataset(paths, tmp_path: Path, **kwargs) -> GeoTIFFDataset:

@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import TINY_MODEL
 from timm.models.vision_transformer import Block as TimmBlock
 from torch import Tensor, nn
 
@@ -32,20 +33,7 @@ from torchgeo_xscale.models.convert import (
 from torchgeo_xscale.models.vit import build_vit, sincos_pos_embed
 
 OFFICIAL = ['official-timm', 'official-xformers-post', 'official-xformers-pre']
-TINY = dict(
-    size='tiny',
-    img_size=32,
-    patch_size=8,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=2,
-    decoder_num_heads=2,
-    projection_dim=16,
-    projection_hidden_dim=32,
-    predictor_hidden_dim=32,
-)
+TINY = {**TINY_MODEL, 'depth': 2, 'decoder_depth': 2}
 
 
 def randomise(module: nn.Module, seed: int = 0) -> nn.Module:

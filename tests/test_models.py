@@ -1,6 +1,7 @@
 import pytest
 import timm
 import torch
+from conftest import TINY_MODEL
 
 from torchgeo_xscale.masking import (
     build_mask_strategy,
@@ -17,20 +18,7 @@ from torchgeo_xscale.models import (
 )
 from torchgeo_xscale.models.vit import resize_pos_embed
 
-TINY = dict(
-    size='tiny',
-    img_size=32,
-    patch_size=8,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=2,
-    projection_dim=16,
-    projection_hidden_dim=32,
-    predictor_hidden_dim=32,
-)
+TINY = {**TINY_MODEL, 'depth': 2}
 
 
 def views(b: int = 3, c: int = 3) -> torch.Tensor:

@@ -12,26 +12,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from conftest import TINY_MODEL
 
 from torchgeo_xscale.io import AtomicCheckpointIO, atomic_path, atomic_torch_save
 from torchgeo_xscale.masking import MaskInfo
 from torchgeo_xscale.models import CrossScaleMAE
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(
-    size='tiny',
-    img_size=32,
-    patch_size=8,
-    embed_dim=32,
-    depth=1,
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=2,
-    projection_dim=16,
-    projection_hidden_dim=32,
-    predictor_hidden_dim=32,
-)
+TINY = TINY_MODEL
 
 KILL_CALLBACK = textwrap.dedent(
     '''

@@ -4,26 +4,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY_MODEL
 from lightning.pytorch import Trainer
 
 from torchgeo_xscale.cli import main
 from torchgeo_xscale.tasks import CrossScaleMAETask
 from torchgeo_xscale.tasks.pretrain import load_encoder_state_dict, warmup_cosine
 
-TINY = dict(
-    size='tiny',
-    img_size=32,
-    patch_size=8,
-    embed_dim=32,
-    depth=1,
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=2,
-    projection_dim=16,
-    projection_hidden_dim=32,
-    predictor_hidden_dim=32,
-)
+TINY = TINY_MODEL
 
 
 def write_config(path: Path, rasters: Path, **model) -> Path:
@@ -155,6 +143,20 @@ def test_nonfinite_loss_names_files_and_bounds() -> None:
         CrossScaleMAETask(**TINY, nonfinite='ignore')
 
 
+def test_deferred_nonfinite_check_runs_before_a_checkpoint() -> None:
+    # On an accelerator, raise mode keeps the loss and checks it later (no sync).
+    task = CrossScaleMAETask(**TINY)
+    task._pending = (torch.tensor(2.0), {'files': ['a.tif']}, 3)
+    task.on_save_checkpoint({})
+    assert task._pending is None
+    task._pending = (torch.tensor(float('nan')), {'files': ['b.tif']}, 4)
+    with pytest.raises(FloatingPointError, match=r'step 4 .*b\.tif'):
+        task.on_save_checkpoint({})
+    task._pending = (torch.tensor(float('inf')), {'files': ['c.tif']}, 5)
+    with pytest.raises(FloatingPointError, match='c.tif'):
+        task.on_train_end()
+
+
 def test_lr_follows_linear_scaling_rule(tmp_path: Path, make_geotiff) -> None:
     from torchgeo_xscale.datamodules import GeoTIFFDataModule
 
@@ -164,6 +166,7 @@ def test_lr_follows_linear_scaling_rule(tmp_path: Path, make_geotiff) -> None:
     )
     task = CrossScaleMAETask(**TINY, base_lr=1e-3)
     trainer = Trainer(
+        default_root_dir=tmp_path,
         accelerator='cpu',
         max_steps=1,
         logger=False,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import TINY_MODEL
 from lightning.pytorch import Trainer
 from timm.models import adapt_input_conv
 from torch import Tensor, nn
@@ -40,20 +41,7 @@ from torchgeo_xscale.models.weights import (
 )
 from torchgeo_xscale.tasks import CrossScaleMAETask
 
-TINY = dict(
-    size='tiny',
-    img_size=32,
-    patch_size=8,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    decoder_embed_dim=32,
-    decoder_depth=1,
-    decoder_num_heads=2,
-    projection_dim=16,
-    projection_hidden_dim=32,
-    predictor_hidden_dim=32,
-)
+TINY = {**TINY_MODEL, 'depth': 2}
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
@@ -240,6 +228,7 @@ def test_lightning_checkpoint_loads_through_the_builders(tmp_path: Path) -> None
         for _ in range(4)
     ]
     trainer = Trainer(
+        default_root_dir=tmp_path,
         max_steps=2,
         accelerator='cpu',
         logger=False,

@@ -14,15 +14,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchgeo.datamodules import NonGeoDataModule
 
 from ..datasets.fmow import DEFAULT_INDEX_CACHE, FMOW_RGB_MEAN, FMOW_RGB_STD, FMoWRGB
-from ..transforms import ScaleViews
-from .geotiff import GeoTIFFDataModule
+from .geotiff import ScaleViewsMixin
 
 __all__ = ('FMoWDataModule',)
 
 logger = logging.getLogger(__name__)
 
 
-class FMoWDataModule(NonGeoDataModule):
+class FMoWDataModule(ScaleViewsMixin, NonGeoDataModule):
     """Cross-Scale MAE pretraining data from an fMoW-RGB folder (or CSV indexes).
 
     Training images are random square crops (``crop_scale`` of the image area, at
@@ -32,17 +31,12 @@ class FMoWDataModule(NonGeoDataModule):
     ``val`` split (or, without one, of the training split, logged). Each sample's
     ``gsd`` is the JSON's GSD times the crop's pixels per output pixel.
 
-    :meth:`on_after_batch_transfer` is :class:`GeoTIFFDataModule`'s: on the device,
+    :meth:`on_after_batch_transfer` is :class:`ScaleViewsMixin`'s (as in :class:`GeoTIFFDataModule`): on the device,
     :class:`ScaleViews` makes the views and ``sample_weight`` is 0 for images with
     a valid fraction below ``min_valid_fraction`` (images that failed to decode with
     ``on_error='skip'`` have none), logged about once per epoch. Validation views
     come from a generator seeded by ``seed`` and the images' indexes.
     """
-
-    # The device-side step is shared with the GeoTIFF datamodule, not copied.
-    on_after_batch_transfer = GeoTIFFDataModule.on_after_batch_transfer
-    _log_skipped = GeoTIFFDataModule._log_skipped
-    skipped_tiles = GeoTIFFDataModule.skipped_tiles
 
     def __init__(
         self,
@@ -132,25 +126,13 @@ class FMoWDataModule(NonGeoDataModule):
             index_cache=index_cache,
         )
         self.root = os.fspath(root)
-        self.img_size = img_size
         self.train_split, self.val_split = train_split, val_split
         self.train_csv, self.val_csv = train_csv, val_csv
         self.val_samples = val_samples
-        self.min_valid_fraction = min_valid_fraction
-        self.seed = seed
         self.pin_memory = pin_memory
-        self.views = ScaleViews(
-            size=img_size,
-            scale_range=scale_range,
-            num_views=num_views,
-            mode=view_mode,
-            flips=flips,
+        self._init_views(
+            img_size, min_valid_fraction, seed, scale_range, num_views, view_mode, flips
         )
-        self.aug = self.train_aug = self.val_aug = self.views
-        self._skipped = torch.zeros((), dtype=torch.long)
-        self._skipped_logged = 0
-        self._batches_since_log = 0
-        self._batches_per_epoch = 1
 
     def _has_val_split(self) -> bool:
         """Whether a validation CSV or split folder exists."""

