@@ -46,6 +46,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
     'colormae-red': ('colormae-red', {}, 'independent'),
     'colormae-purple': ('colormae-purple', {}, 'independent'),
     'lomar': ('lomar', {}, 'independent'),
+    'lomar-joint': ('lomar', {'window_attention': False}, 'independent'),
     'easy-first': ('easy-first', {}, 'independent'),
 }
 

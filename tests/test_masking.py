@@ -226,6 +226,48 @@ def test_lomar_windows_inside_grid_and_ratio_inside_each(grid, windows, size) ->
     assert (mask[inside == 0] == 1).all()  # nothing visible outside the windows
 
 
+@pytest.mark.parametrize('attention', ['sdpa', 'eager', 'local'])
+def test_lomar_encodes_each_window_on_its_own(attention: str) -> None:
+    from torchgeo_xscale.models import build_vit
+
+    torch.manual_seed(0)
+    opts = {'window_size': 2} if attention == 'local' else None
+    vit = build_vit(
+        'tiny', img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+        attention=attention, attention_options=opts,
+    ).eval()  # fmt: skip
+    gw, ps = 8, 4
+    x = torch.randn(2, 3, 32, 32)
+    for window_attention in (True, False):
+        strategy = LocalWindowMasking(2, 4, 0.5, window_attention=window_attention)
+        info = strategy(2, 8, 8, 0.75, gen(1))
+        assert (info.groups is not None) == window_attention
+        groups = torch.arange(2).repeat_interleave(8).expand(2, -1)
+        # change the pixels of window 1's visible patches only
+        y = x.clone()
+        for i, p in zip(*torch.nonzero(groups == 1, as_tuple=True)):
+            r, c = divmod(int(info.ids_keep[i, p]), gw)
+            y[i, :, r * ps : (r + 1) * ps, c * ps : (c + 1) * ps] += 3.0
+        with torch.no_grad():
+            a = vit.forward_encoder(x, info.ids_keep, groups=info.groups)[:, 1:]
+            b = vit.forward_encoder(y, info.ids_keep, groups=info.groups)[:, 1:]
+        in0 = groups == 0
+        assert not torch.allclose(a[~in0], b[~in0], atol=1e-4)
+        # window 0 does not see window 1 exactly when the encoder honours groups
+        assert torch.allclose(a[in0], b[in0], atol=1e-5) == window_attention
+
+
+def test_consistent_view_masks_keep_lomar_groups() -> None:
+    model = CrossScaleMAE(
+        **{**TINY, 'img_size': 64}, mask_strategy='lomar', view_masks='consistent'
+    )
+    info = model.draw_masks(3, 2, torch.device('cpu'), gen(0))
+    assert info.groups is not None and info.groups.shape == info.ids_keep.shape
+    assert torch.equal(info.groups[:3], info.groups[3:])
+    out = model(torch.randn(3, 2, 3, 64, 64), generator=gen(0))
+    assert torch.isfinite(out.loss)
+
+
 def test_lomar_positions_are_random_when_there_is_room() -> None:
     tops = place_windows(256, 24, 24, 4, 5, gen(0))
     assert len({tuple(t) for t in tops[:, 0].tolist()}) > 100

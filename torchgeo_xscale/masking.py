@@ -46,8 +46,8 @@ class MaskInfo:
         loss_weight: Optional per-patch weight of the reconstruction loss ``(B, N)``
             (e.g. easy-first weighting; 0 drops a target).
         groups: Optional group of each visible patch ``(B, N_vis)`` (LoMaR's window
-            index), for encoders that restrict attention to a group; None means one
-            group. The current encoder attends over all visible patches.
+            index); the encoder then lets each patch attend only within its group.
+            None means one group (attention over all visible patches).
     """
 
     ids_keep: Tensor

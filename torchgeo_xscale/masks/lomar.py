@@ -10,11 +10,14 @@ visible (``ids_keep``, grouped window by window, their window in
 :attr:`MaskInfo.groups`); the targets are the masked patches inside the windows
 (``loss_weight`` 1 there, 0 outside). Differences from the paper, stated:
 
-- LoMaR encodes each window separately with mask tokens in the encoder
-  (SimMIM-style) and a relative position bias; here the encoder attends over the
-  visible tokens of all windows of an image jointly, with absolute positions. An
-  encoder that honours ``groups`` (attention only within a window) closes the first
-  gap; see ``docs/masking.md``.
+- The encoder runs on each window's tokens alone, as in LoMaR: ``groups`` makes
+  every patch attend only to the visible patches of its own window (the CLS token
+  reads all windows but no patch reads it), which equals encoding the windows
+  separately. ``window_attention=False`` lets patches attend across windows (needed
+  by ``attention='fourier'``, which cannot take an attention mask). LoMaR also
+  feeds mask tokens to the encoder (SimMIM-style) and uses a relative position
+  bias; here the encoder sees visible tokens only, with absolute positions (MAE's
+  asymmetric design, so the decoder and losses stay those of Cross-Scale MAE).
 - The paper's windows are independent crops and may overlap. Windows here share one
   token set per image, so they must not overlap for the per-window ratio to be
   exact: each window is placed uniformly at random among the positions that do not
@@ -155,6 +158,7 @@ class LocalWindowMasking:
         num_windows: int = LOMAR_NUM_WINDOWS,
         window_size: int | None = None,
         window_ratio: float | None = LOMAR_WINDOW_RATIO,
+        window_attention: bool = True,
     ) -> None:
         """Initialise the strategy.
 
@@ -164,6 +168,8 @@ class LocalWindowMasking:
                 largest size that fits (see :func:`fit_window_size`).
             window_ratio: Fraction masked inside each window (paper: 0.8); None uses
                 the model's ``mask_ratio``.
+            window_attention: Encode each window on its own (``groups`` set); False
+                lets the encoder attend across windows.
 
         Raises:
             ValueError: If an option is out of range.
@@ -177,6 +183,7 @@ class LocalWindowMasking:
         self.num_windows = num_windows
         self.window_size = window_size
         self.window_ratio = window_ratio
+        self.window_attention = window_attention
 
     def draw(
         self,
@@ -228,8 +235,9 @@ class LocalWindowMasking:
         weight = torch.zeros_like(scores)
         weight.scatter_(1, window_ids.flatten(1), 1.0)
         info.loss_weight = weight
-        info.groups = torch.arange(n, device=dev).repeat_interleave(keep)
-        info.groups = info.groups.expand(batch_size, -1)
+        if self.window_attention:
+            groups = torch.arange(n, device=dev).repeat_interleave(keep)
+            info.groups = groups.expand(batch_size, -1)
         return info, tops, k
 
     def __call__(

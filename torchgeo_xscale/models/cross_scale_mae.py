@@ -298,12 +298,13 @@ class CrossScaleMAE(nn.Module):
             m = self.mask_strategy(
                 batch_size, gh, gw, self.mask_ratio, generator, device
             )
-            lw = m.loss_weight
+            lw, groups = m.loss_weight, m.groups
             return MaskInfo(
                 ids_keep=m.ids_keep.repeat(num_views, 1),
                 ids_restore=m.ids_restore.repeat(num_views, 1),
                 mask=m.mask.repeat(num_views, 1),
                 loss_weight=None if lw is None else lw.repeat(num_views, 1),
+                groups=None if groups is None else groups.repeat(num_views, 1),
             )
         return self.mask_strategy(
             batch_size * num_views, gh, gw, self.mask_ratio, generator, device
@@ -321,9 +322,10 @@ class CrossScaleMAE(nn.Module):
             gsd: GSD per image ``(M,)``.
 
         Returns:
-            Latent tokens ``(M, 1 + N_vis, D)``.
+            Latent tokens ``(M, 1 + N_vis, D)``; with ``masks.groups`` (LoMaR) each
+            patch attends only within its window.
         """
-        return self.encoder.forward_encoder(images, masks.ids_keep, gsd)
+        return self.encoder.forward_encoder(images, masks.ids_keep, gsd, masks.groups)
 
     # ------------------------------------------------------------------ decoder
     def forward_decoder(

@@ -108,7 +108,10 @@ class FourierMix(nn.Module):
             ValueError: If an attention mask is given.
         """
         if attn_mask is not None:
-            msg = "attention='fourier' mixes all tokens and takes no attn_mask"
+            msg = (
+                "attention='fourier' mixes all tokens and takes no attn_mask (with "
+                "mask_strategy='lomar' set mask_options={'window_attention': False})"
+            )
             raise ValueError(msg)
         if pos is not None and self.sort_by_position:
             order = grid_order(pos).unsqueeze(-1).expand_as(x)

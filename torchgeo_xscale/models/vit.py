@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer
@@ -95,7 +96,11 @@ class Block(TimmBlock):
 
 
 def run_blocks(
-    blocks: nn.Sequential, x: Tensor, pos: Tensor | None, grad_checkpointing: bool
+    blocks: nn.Sequential,
+    x: Tensor,
+    pos: Tensor | None,
+    grad_checkpointing: bool,
+    attn_mask: Tensor | None = None,
 ) -> Tensor:
     """Run transformer blocks in sequence, optionally with activation checkpointing.
 
@@ -104,16 +109,39 @@ def run_blocks(
         x: Tokens ``(B, N, D)``.
         pos: Grid positions ``(B, N, 2)`` or None.
         grad_checkpointing: Recompute activations in the backward pass.
+        attn_mask: Optional attention mask (bool, True = attend) for every block.
 
     Returns:
         Tokens ``(B, N, D)``.
     """
     for blk in blocks:
         if grad_checkpointing and x.requires_grad:
-            x = checkpoint(blk, x, pos, use_reentrant=False)
+            x = checkpoint(blk, x, pos, attn_mask, use_reentrant=False)
+        elif attn_mask is not None:
+            x = blk(x, pos, attn_mask)
         else:
             x = blk(x, pos)
     return x
+
+
+def group_attention_mask(groups: Tensor, num_prefix: int = 1) -> Tensor:
+    """Attention mask that keeps each group of tokens to itself (LoMaR's windows).
+
+    A patch token attends only to the tokens of its own group; the prefix (CLS)
+    tokens attend to every token, so they summarise all groups without carrying
+    information from one group to another.
+
+    Args:
+        groups: Group of each patch token ``(B, N)``.
+        num_prefix: Prefix tokens before the patch tokens.
+
+    Returns:
+        Boolean mask ``(B, 1, P + N, P + N)``, True where attention is allowed.
+    """
+    g = F.pad(groups, (num_prefix, 0), value=-1)
+    allowed = g[:, :, None] == g[:, None, :]
+    allowed[:, :num_prefix, :] = True
+    return allowed[:, None]
 
 
 def grid_positions(ids: Tensor, grid_w: int, num_prefix: int = 0) -> Tensor:
@@ -231,7 +259,11 @@ class CrossScaleViT(VisionTransformer):
         return self.pos_embed
 
     def forward_encoder(
-        self, x: Tensor, ids_keep: Tensor | None = None, gsd: Tensor | None = None
+        self,
+        x: Tensor,
+        ids_keep: Tensor | None = None,
+        gsd: Tensor | None = None,
+        groups: Tensor | None = None,
     ) -> Tensor:
         """Encode the visible patches of images (MAE encoder).
 
@@ -239,6 +271,9 @@ class CrossScaleViT(VisionTransformer):
             x: Images ``(B, C, H, W)`` at the configured ``img_size``.
             ids_keep: Flat indices of visible patches ``(B, N_vis)``; None keeps all.
             gsd: Per-sample GSD in metres ``(B,)``; used when ``gsd_pos_embed``.
+            groups: Optional group of each kept patch ``(B, N_vis)`` (LoMaR's
+                windows): patches then attend only within their group (see
+                :func:`group_attention_mask`).
 
         Returns:
             Normalised tokens ``(B, 1 + N_vis, D)``, CLS first.
@@ -258,7 +293,8 @@ class CrossScaleViT(VisionTransformer):
         tokens = self.pos_drop(torch.cat([cls, tokens], dim=1))
         tokens = self.norm_pre(tokens)
         pos = grid_positions(ids_keep, grid_w, num_prefix=1)
-        tokens = run_blocks(self.blocks, tokens, pos, self.grad_checkpointing)
+        mask = None if groups is None else group_attention_mask(groups)
+        tokens = run_blocks(self.blocks, tokens, pos, self.grad_checkpointing, mask)
         return self.norm(tokens)
 
     def forward_features(  # type: ignore[override]
