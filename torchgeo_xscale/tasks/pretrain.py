@@ -427,7 +427,9 @@ class CrossScaleMAETask(BaseTask):
         if self.hparams['nonfinite'] == 'raise' and out.loss.device.type != 'cpu':
             # No host-device sync in the step: checked at the next one (see
             # _check_pending). Skipping must decide now, so it reads the loss.
-            meta = {k: batch[k] for k in ('files', 'bounds') if k in batch}
+            meta: dict[str, Any] = {
+                k: batch[k] for k in ('files', 'bounds') if k in batch
+            }
             self._pending = (out.loss.detach(), meta, self.global_step)
         elif not self.check_finite(out.loss, batch):
             return None
