@@ -169,3 +169,61 @@ def example_rgb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp('example')
     fetch_example_rasters(root)
     return root / 'rmnp-rgb.tif'
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Real Lightning checkpoints of CrossScaleMAETask and torchgeo.tasks.MAE (2 steps each).
+
+    Keys: ``raster`` (the 96 x 96 GeoTIFF they trained on), ``cross_scale_mae`` and
+    ``torchgeo_mae`` (checkpoint paths), ``<method>_task`` (the trained tasks).
+    """
+    from lightning.pytorch import Trainer, seed_everything
+
+    from torchgeo_xscale.datamodules import GeoTIFFDataModule
+    from torchgeo_xscale.evaluation.study import StudyConfig, build_task
+
+    root = tmp_path_factory.mktemp('trained')
+    raster = root / 'r.tif'
+    data = np.random.default_rng(0).integers(0, 255, (3, 96, 96), dtype=np.uint8)
+    with rasterio.open(
+        raster,
+        'w',
+        driver='GTiff',
+        width=96,
+        height=96,
+        count=3,
+        dtype='uint8',
+        crs='EPSG:32633',
+        transform=rasterio.transform.from_origin(5e5, 5e6, 10, 10),
+    ) as dst:
+        dst.write(data)
+    out = {'raster': raster}
+    config = StudyConfig(model=dict(TINY_MODEL), lr=1e-3)
+    for method in ('cross_scale_mae', 'torchgeo_mae'):
+        seed_everything(0)
+        task = build_task(method, config)
+        dm = GeoTIFFDataModule(
+            raster,
+            img_size=32,
+            batch_size=4,
+            length=8,
+            val_fraction=0,
+            num_views=2 if method == 'cross_scale_mae' else 1,
+            stats_cache=root / 'stats',
+        )
+        trainer = Trainer(
+            default_root_dir=root,
+            max_steps=2,
+            logger=False,
+            enable_checkpointing=False,
+            limit_val_batches=0,
+            accelerator='cpu',
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(task, datamodule=dm)
+        out[method] = root / f'{method}.ckpt'
+        trainer.save_checkpoint(out[method])
+        out[method + '_task'] = task.eval()
+    return out

@@ -6,37 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import torch
-from conftest import TINY_MODEL
-from lightning.pytorch import Trainer, seed_everything
 from PIL import Image
 
 from torchgeo_xscale.cli import SUBCOMMANDS, main
-from torchgeo_xscale.datamodules import GeoTIFFDataModule
-from torchgeo_xscale.evaluation.study import StudyConfig, build_task
 from torchgeo_xscale.models import build_vit
 
-TINY = TINY_MODEL
 VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
-
-
-def write_raster(path: Path, width: int = 96, height: int = 96) -> Path:
-    data = np.random.default_rng(0).integers(0, 255, (3, height, width), dtype=np.uint8)
-    transform = rasterio.transform.from_origin(5e5, 5e6, 10, 10)
-    with rasterio.open(
-        path,
-        'w',
-        driver='GTiff',
-        width=width,
-        height=height,
-        count=3,
-        dtype='uint8',
-        crs='EPSG:32633',
-        transform=transform,
-    ) as dst:
-        dst.write(data)
-    return path
 
 
 def fake_resisc45(root: Path) -> Path:
@@ -74,37 +50,10 @@ def fake_ucmerced(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope='module')
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp('ckpt')
-    raster = write_raster(root / 'r.tif')
-    out = {'raster': raster}
-    for method in ('cross_scale_mae', 'torchgeo_mae'):
-        seed_everything(0)
-        task = build_task(method, StudyConfig(model=dict(TINY)))
-        dm = GeoTIFFDataModule(
-            raster,
-            img_size=32,
-            batch_size=4,
-            length=4,
-            val_fraction=0,
-            num_views=2 if method == 'cross_scale_mae' else 1,
-            stats_cache=root / 'stats',
-        )
-        trainer = Trainer(
-            default_root_dir=root,
-            max_steps=1,
-            logger=False,
-            enable_checkpointing=False,
-            limit_val_batches=0,
-            accelerator='cpu',
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        trainer.fit(task, datamodule=dm)
-        out[method] = root / f'{method}.ckpt'
-        trainer.save_checkpoint(out[method])
-    return out
+@pytest.fixture
+def checkpoints(trained):
+    """The session's trained checkpoints (conftest.trained)."""
+    return trained
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

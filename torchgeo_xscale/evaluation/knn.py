@@ -21,7 +21,14 @@ from .datasets import ClassificationSplits, prepare_classification
 from .encoders import FeatureEncoder, load_encoder
 from .report import plot_vs_scale, write_report
 
-__all__ = ('DEFAULT_SCALES', 'embed_at_scale', 'evaluate_knn', 'knn_predict', 'run_knn')
+__all__ = (
+    'DEFAULT_SCALES',
+    'embed_at_scale',
+    'evaluate_knn',
+    'knn_predict',
+    'load_classification_eval',
+    'run_knn',
+)
 
 #: Scale ratios of the paper's Fig. 2 / Table 2.
 DEFAULT_SCALES = (0.125, 0.25, 0.5, 1.0)
@@ -215,6 +222,52 @@ def evaluate_knn(
     return rows
 
 
+def load_classification_eval(
+    encoder: str | FeatureEncoder,
+    weights: str | None,
+    pool: Literal['mean', 'cls'],
+    model_kwargs: dict[str, Any] | None,
+    dataset: str,
+    root: str | os.PathLike[str],
+    split: str,
+    normalize: str,
+    bands: Sequence[str] | None,
+    max_samples: int | None,
+) -> tuple[FeatureEncoder, ClassificationSplits]:
+    """The encoder (loaded if given by name) and the dataset's splits at its input size.
+
+    Shared by the kNN and linear-probe protocols.
+
+    Args:
+        encoder: Encoder name/file (see :func:`~.encoders.load_encoder`) or encoder.
+        weights: Weights entry or file.
+        pool: ``mean`` or ``cls`` feature.
+        model_kwargs: Extra encoder builder arguments.
+        dataset: Dataset name (:data:`~.datasets.CLASSIFICATION_DATASETS`).
+        root: Dataset root.
+        split: Evaluation split.
+        normalize: ``dataset``, ``imagenet`` or ``none``.
+        bands: EuroSAT band names.
+        max_samples: Cap on images per split.
+
+    Returns:
+        The encoder and the splits.
+    """
+    if not isinstance(encoder, FeatureEncoder):
+        encoder = load_encoder(encoder, weights, pool, model_kwargs)
+    splits = prepare_classification(
+        dataset,
+        root,
+        encoder.img_size,
+        encoder.in_chans,
+        split,
+        normalize,
+        bands,
+        max_samples,
+    )
+    return encoder, splits
+
+
 def run_knn(
     encoder: str | FeatureEncoder,
     dataset: str,
@@ -265,18 +318,10 @@ def run_knn(
     Returns:
         The result rows.
     """
-    if not isinstance(encoder, FeatureEncoder):
-        encoder = load_encoder(encoder, weights, pool, model_kwargs)
-    splits = prepare_classification(
-        dataset,
-        root,
-        encoder.img_size,
-        encoder.in_chans,
-        split,
-        normalize,
-        bands,
+    encoder, splits = load_classification_eval(
+        encoder, weights, pool, model_kwargs, dataset, root, split, normalize, bands,
         max_samples,
-    )
+    )  # fmt: skip
     rows = evaluate_knn(
         encoder,
         splits,
@@ -292,8 +337,6 @@ def run_knn(
         rows, 'top1', ylabel='kNN top-1 accuracy', title=f'kNN (k={k}) on {dataset}'
     )
     notes = f'kNN k={k}, T={temperature}, pool={pool}, bank at {train_scale} scale, normalize={normalize}.'
-    if command:
-        notes += f'\n\n```\n{command}\n```'
     write_report(
         rows,
         output,
@@ -301,5 +344,6 @@ def run_knn(
         f'kNN accuracy vs scale: {dataset}',
         fig,
         notes=notes,
+        command=command,
     )
     return rows

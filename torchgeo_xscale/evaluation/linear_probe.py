@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from .datasets import ClassificationSplits, prepare_classification
-from .encoders import FeatureEncoder, load_encoder
-from .knn import DEFAULT_SCALES, embed_at_scale
+from .datasets import ClassificationSplits
+from .encoders import FeatureEncoder
+from .knn import DEFAULT_SCALES, embed_at_scale, load_classification_eval
 from .report import plot_vs_scale, write_report
 
 __all__ = ('evaluate_linear_probe', 'run_linear_probe', 'train_linear_probe')
@@ -215,18 +215,10 @@ def run_linear_probe(
     Returns:
         The result rows.
     """
-    if not isinstance(encoder, FeatureEncoder):
-        encoder = load_encoder(encoder, weights, pool, model_kwargs)
-    splits = prepare_classification(
-        dataset,
-        root,
-        encoder.img_size,
-        encoder.in_chans,
-        split,
-        normalize,
-        bands,
+    encoder, splits = load_classification_eval(
+        encoder, weights, pool, model_kwargs, dataset, root, split, normalize, bands,
         max_samples,
-    )
+    )  # fmt: skip
     rows = evaluate_linear_probe(
         encoder,
         splits,
@@ -243,8 +235,6 @@ def run_linear_probe(
         rows, 'top1', ylabel='linear probe top-1', title=f'Linear probe on {dataset}'
     )
     notes = f'Linear probe: {epochs} epochs, AdamW lr {lr}, trained at {train_scale} scale, pool={pool}.'
-    if command:
-        notes += f'\n\n```\n{command}\n```'
     write_report(
         rows,
         output,
@@ -252,5 +242,6 @@ def run_linear_probe(
         f'Linear probe accuracy vs scale: {dataset}',
         fig,
         notes=notes,
+        command=command,
     )
     return rows

@@ -464,10 +464,14 @@ def run_reconstruction(
         title='Multi-scale reconstruction',
     )
     notes = f'{len(tiles)} tiles of {size} px, {repeats} crops+masks each, mask ratio {mask_ratio}, mode {mode}.'
-    if command:
-        notes += f'\n\n```\n{command}\n```'
     write_report(
-        rows, output, 'reconstruction', 'Multi-scale reconstruction', fig, notes=notes
+        rows,
+        output,
+        'reconstruction',
+        'Multi-scale reconstruction',
+        fig,
+        notes=notes,
+        command=command,
     )
     save_figure(
         plot_reconstruction_scales(examples),

@@ -228,6 +228,7 @@ def write_report(
     figure: Figure | None = None,
     columns: Sequence[str] | None = None,
     notes: str = '',
+    command: str = '',
 ) -> dict[str, str]:
     """Write ``<name>.csv``, ``<name>.md`` and ``<name>.png`` into *output*.
 
@@ -238,7 +239,8 @@ def write_report(
         title: Markdown heading.
         figure: Plot to save (closed afterwards); None writes no PNG.
         columns: Column order of CSV and table.
-        notes: Markdown text placed under the table (command, settings...).
+        notes: Markdown text placed under the table (settings...).
+        command: Command line that made the results, shown under the notes.
 
     Returns:
         Paths written, keyed ``csv``, ``md`` and ``png``.
@@ -249,6 +251,8 @@ def write_report(
     if figure is not None:
         paths['png'] = save_figure(figure, os.path.join(output, f'{name}.png'))
         text += f'\n![{title}]({name}.png)\n'
+    if command:
+        notes = f'{notes.strip()}\n\n```\n{command}\n```'
     if notes:
         text += '\n' + notes.strip() + '\n'
     md = os.path.join(output, f'{name}.md')

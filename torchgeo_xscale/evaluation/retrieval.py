@@ -185,7 +185,13 @@ def run_retrieval(
         f'{len(tiles)} tiles of {size} px (stride {stride or size}); chance top-1 = '
         f'{1 / len(tiles):.4f}, chance mean rank = {(len(tiles) + 1) / 2:.1f}; pool={pool}.'
     )
-    if command:
-        notes += f'\n\n```\n{command}\n```'
-    write_report(rows, output, 'retrieval', 'Cross-scale retrieval', fig, notes=notes)
+    write_report(
+        rows,
+        output,
+        'retrieval',
+        'Cross-scale retrieval',
+        fig,
+        notes=notes,
+        command=command,
+    )
     return rows
