@@ -33,6 +33,34 @@ TINY_MODEL: dict[str, Any] = dict(
 )
 
 
+def tiny_fit_args(
+    data: Path, run: Path, model: dict[str, Any], *extra: str
+) -> list[str]:
+    """``xscale fit`` arguments: a tiny CrossScaleMAETask, 2 steps on GeoTIFFs in *data*.
+
+    Args:
+        data: Folder of GeoTIFFs.
+        run: Trainer root folder.
+        model: Model keyword arguments (e.g. :data:`TINY_MODEL`).
+        *extra: More arguments (``--model.attention fourier``...).
+
+    Returns:
+        The argument list for :func:`torchgeo_xscale.cli.lightning_cli`.
+    """
+    args = ['fit', '--model', 'torchgeo_xscale.tasks.CrossScaleMAETask']
+    args += ['--model.log_image_every_n_steps', '0']
+    args += ['--data', 'torchgeo_xscale.datamodules.GeoTIFFDataModule']
+    args += ['--data.paths', str(data), '--data.img_size', '32']
+    args += ['--data.batch_size', '4', '--data.length', '8']
+    args += ['--data.stats_cache', 'null', '--trainer.max_steps', '2']
+    args += ['--trainer.default_root_dir', str(run), '--trainer.logger', 'false']
+    args += ['--trainer.enable_checkpointing', 'false']
+    args += ['--trainer.enable_progress_bar', 'false', '--trainer.accelerator', 'cpu']
+    for key, value in model.items():
+        args += [f'--model.{key}', str(value)]
+    return args + list(extra)
+
+
 def write_geotiff(
     path: str | Path,
     bands: int = 3,

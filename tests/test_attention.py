@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, tiny_fit_args
 
 from torchgeo_xscale.models import (
     CrossScaleMAE,
@@ -298,43 +298,15 @@ def test_backend_trains_end_to_end_with_xscale_fit(
     from torchgeo_xscale.cli import lightning_cli
 
     make_geotiff(tmp_path / 'data' / 'a.tif', width=80, height=80)
-    args = [
-        'fit',
-        '--model',
-        'torchgeo_xscale.tasks.CrossScaleMAETask',
+    args = tiny_fit_args(
+        tmp_path / 'data',
+        tmp_path / 'run',
+        TINY,
         '--model.attention',
         name,
         '--model.attention_options',
         opts,
-        '--model.log_image_every_n_steps',
-        '0',
-        '--data',
-        'torchgeo_xscale.datamodules.GeoTIFFDataModule',
-        '--data.paths',
-        str(tmp_path / 'data'),
-        '--data.img_size',
-        '32',
-        '--data.batch_size',
-        '4',
-        '--data.length',
-        '8',
-        '--data.stats_cache',
-        'null',
-        '--trainer.max_steps',
-        '2',
-        '--trainer.default_root_dir',
-        str(tmp_path / 'run'),
-        '--trainer.logger',
-        'false',
-        '--trainer.enable_checkpointing',
-        'false',
-        '--trainer.enable_progress_bar',
-        'false',
-        '--trainer.accelerator',
-        'cpu',
-    ]
-    for key, value in TINY.items():
-        args += [f'--model.{key}', str(value)]
+    )
     cli = lightning_cli(args)
     assert cli.trainer.global_step == 2
     assert cli.model.hparams['attention'] == name
