@@ -249,7 +249,9 @@ def test_datamodule_end_to_end(request, tmp_path, fixture) -> None:
     bands = 4 if fixture == 'four_band_raster' else 3
     dm = datamodule(path, tmp_path, in_chans=bands, length=8)
     dm.setup('fit')
-    batches = list(dm.train_dataloader())
+    loader = dm.train_dataloader()
+    assert loader.pin_memory == torch.cuda.is_available()  # pinned only for a GPU
+    batches = list(loader)
     assert len(batches) == 2
     batch = dm.on_after_batch_transfer(batches[0], 0)
     assert KEYS | VIEW_KEYS <= set(batch)

@@ -14,7 +14,7 @@ import torch
 from geopandas import GeoSeries
 from pyproj import CRS
 from torch import Tensor
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, default_collate
 from torchgeo.datamodules import GeoDataModule
 from torchgeo.datasets.splits import roi_split
 from torchgeo.samplers import GriddedPatchSampler, RandomPatchSampler
@@ -407,3 +407,18 @@ class GeoTIFFDataModule(ScaleViewsMixin, GeoDataModule):
         if isinstance(bounds, Tensor):
             seed = zlib.crc32(bounds.detach().cpu().numpy().tobytes(), seed)
         return torch.Generator().manual_seed(seed)
+
+    def _dataloader_factory(self, split: str) -> DataLoader[dict[str, Any]]:
+        """TorchGeo's data loader, with page-locked batches when CUDA is available.
+
+        Pinned host memory lets Lightning copy each batch to the GPU asynchronously.
+
+        Args:
+            split: ``train``, ``val``, ``test`` or ``predict``.
+
+        Returns:
+            The data loader.
+        """
+        loader = super()._dataloader_factory(split)
+        loader.pin_memory = torch.cuda.is_available()
+        return loader
