@@ -570,6 +570,17 @@ def test_report_files_and_aggregate(tmp_path) -> None:
 
 # ------------------------------------------------------------------- study
 @pytest.mark.slow
+def test_study_ablations_switch_losses_off() -> None:
+    config = StudyConfig(model=dict(TINY))
+    for method, off in (('xscale_re_cc', 'cp'), ('xscale_re_cp', 'cc')):
+        task = build_task(method, config)
+        assert not task.hparams[f'loss_{off}']
+        out = task.model(torch.randn(2, 2, 3, 32, 32))
+        assert off not in out.parts and 're' in out.parts
+    with pytest.raises(ValueError, match='xscale_re_cc'):
+        build_task('nope', config)
+
+
 def test_study_runs_end_to_end(make_geotiff, tmp_path) -> None:
     raster = make_geotiff(tmp_path / 'r.tif', width=128, height=96)
     config = StudyConfig(

@@ -266,7 +266,7 @@ def study_parser() -> argparse.ArgumentParser:
     Returns:
         The parser.
     """
-    from .evaluation.study import METHODS, StudyConfig
+    from .evaluation.study import ABLATIONS, METHODS, StudyConfig
 
     d = StudyConfig()
     parser = argparse.ArgumentParser(
@@ -285,7 +285,13 @@ def study_parser() -> argparse.ArgumentParser:
     parser.add_argument('--eval-stride', type=int, default=d.eval_stride)
     parser.add_argument('--scales', type=float, nargs='+', default=list(d.scales))
     parser.add_argument('--repeats', type=int, default=d.repeats)
-    parser.add_argument('--methods', nargs='+', choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        '--methods',
+        nargs='+',
+        choices=[*METHODS, *ABLATIONS],
+        default=list(METHODS),
+        help='methods to train (xscale_re_cc / xscale_re_cp: loss ablations)',
+    )
     parser.add_argument(
         '--model-kwargs',
         type=json.loads,

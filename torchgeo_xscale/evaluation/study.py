@@ -47,12 +47,18 @@ from .report import (
 )
 from .retrieval import evaluate_retrieval
 
-__all__ = ('METHODS', 'StudyConfig', 'build_task', 'run_study')
+__all__ = ('ABLATIONS', 'METHODS', 'StudyConfig', 'build_task', 'run_study')
 
 logger = logging.getLogger(__name__)
 
 #: Pretraining methods compared.
 METHODS = ('cross_scale_mae', 'mae', 'torchgeo_mae')
+#: Ablations of Cross-Scale MAE (two views each), selectable with ``methods``:
+#: task options of each.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    'xscale_re_cc': {'loss_cp': False},  # L_re + L_cc
+    'xscale_re_cp': {'loss_cc': False},  # L_re + L_cp
+}
 
 
 @dataclass
@@ -106,7 +112,7 @@ def build_task(method: str, config: StudyConfig) -> LightningModule:
     """The pretraining task of *method* with the study's settings.
 
     Args:
-        method: One of :data:`METHODS`.
+        method: One of :data:`METHODS` or :data:`ABLATIONS`.
         config: Study settings.
 
     Returns:
@@ -123,6 +129,8 @@ def build_task(method: str, config: StudyConfig) -> LightningModule:
     )
     if method == 'cross_scale_mae':
         return CrossScaleMAETask(**model, **common)
+    if method in ABLATIONS:
+        return CrossScaleMAETask(**model, **common, **ABLATIONS[method])
     if method == 'mae':
         return CrossScaleMAETask(**model, **common, loss_cc=False, loss_cp=False)
     if method == 'torchgeo_mae':
@@ -149,7 +157,7 @@ def build_task(method: str, config: StudyConfig) -> LightningModule:
             norm_pix_loss=False,
             warmup_epochs=config.warmup_epochs,
         )
-    raise ValueError(f'method={method!r}; expected one of {METHODS}')
+    raise ValueError(f'method={method!r}; expected one of {[*METHODS, *ABLATIONS]}')
 
 
 def _datamodule(method: str, config: StudyConfig, raster: str, seed: int) -> Any:
@@ -164,7 +172,7 @@ def _datamodule(method: str, config: StudyConfig, raster: str, seed: int) -> Any
         length=config.batch_size * config.steps_per_epoch,
         num_workers=config.num_workers,
         scale_range=config.scale_range,
-        num_views=2 if method == 'cross_scale_mae' else 1,
+        num_views=2 if method == 'cross_scale_mae' or method in ABLATIONS else 1,
         val_fraction=config.holdout_fraction,
         seed=seed,
     )
