@@ -579,6 +579,8 @@ def test_study_ablations_switch_losses_off() -> None:
         assert off not in out.parts and 're' in out.parts
     with pytest.raises(ValueError, match='xscale_re_cc'):
         build_task('nope', config)
+    with pytest.raises(ValueError, match='xscale_re_cp'):
+        run_study(StudyConfig(methods=('nope',)))
 
 
 def test_study_runs_end_to_end(make_geotiff, tmp_path) -> None:

@@ -326,8 +326,10 @@ def run_study(config: StudyConfig | None = None, command: str = '') -> dict[str,
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     for method in config.methods:
-        if method not in METHODS:
-            raise ValueError(f'method={method!r}; expected some of {METHODS}')
+        if method not in METHODS and method not in ABLATIONS:
+            raise ValueError(
+                f'method={method!r}; expected some of {[*METHODS, *ABLATIONS]}'
+            )
     os.makedirs(config.output, exist_ok=True)
     raster = config.raster or str(
         next(p for p in fetch_example_rasters(config.data) if p.name == 'rmnp-rgb.tif')
