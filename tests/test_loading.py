@@ -146,3 +146,41 @@ def test_post_norm_weights_need_our_blocks(authors_file: tuple[Path, dict]) -> N
     plain = resolve(path).metadata | {'residual_norm_style': 'pre'}
     load_into(theirs, resolved.state_dict, plain)
     assert isinstance(theirs.norm, nn.Identity)  # their weights have no final norm
+
+
+def test_checkpoints_of_our_tasks_keep_what_the_encoder_computes(
+    tmp_path: Path, authors_file: tuple[Path, dict]
+) -> None:
+    """Started from the authors' weights: post-norm, no final norm, after a reload."""
+    path, sd = authors_file
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = reference_features(sd, x, VARIANT, heads=2)
+    options = {'img_size': 32, 'patch_size': 8, 'vit_depth': 2, 'embed_dim': 32}
+    seg = dict(backbone='xscale_vit_tiny', num_classes=3, decoder_channels=16)
+    task = XScaleSegmentationTask(
+        **seg, backbone_options={**options, 'num_heads': 2}, weights=str(path)
+    )
+    ckpt: dict = {'state_dict': task.state_dict()}
+    task.on_save_checkpoint(ckpt)
+    fresh = XScaleSegmentationTask(**seg, backbone_options={**options, 'num_heads': 2})
+    fresh.on_load_checkpoint(ckpt)
+    fresh.load_state_dict(ckpt['state_dict'])  # strict: no final norm expected
+    with torch.no_grad():
+        out = fresh.model.encoder.eval().forward_features(x)
+    assert relative_error(out, ref) <= 1e-5
+    from torchgeo_xscale.evaluation.reconstruction import load_cross_scale_mae
+
+    pretrain = CrossScaleMAETask(
+        size='tiny', img_size=32, patch_size=8, **DIMS, weights=str(path)
+    )
+    ckpt = {'state_dict': pretrain.state_dict(), 'hyper_parameters': pretrain.hparams}
+    pretrain.on_save_checkpoint(ckpt)
+    with torch.no_grad():
+        out = load_cross_scale_mae(ckpt).encoder.forward_features(x)
+    assert relative_error(out, ref) <= 1e-5
+    torch.save(
+        {**ckpt, 'hyper_parameters': dict(pretrain.hparams)}, tmp_path / 'p.ckpt'
+    )
+    metadata = resolve(tmp_path / 'p.ckpt').metadata
+    assert metadata['residual_norm_style'] == 'post' and not metadata['final_norm']

@@ -16,7 +16,7 @@ from torchgeo_xscale.models import (
     build_vit,
     list_attention_backends,
 )
-from torchgeo_xscale.models.vit import fit_pos_embed
+from torchgeo_xscale.models.pos_embed import fit_pos_embed
 
 TINY = {**TINY_MODEL, 'depth': 2}
 

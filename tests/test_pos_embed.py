@@ -11,13 +11,9 @@ from torchgeo.models.scale_mae import get_2d_sincos_pos_embed_with_resolution
 from torchgeo.tasks import SemanticSegmentation
 
 from torchgeo_xscale.models import CrossScaleMAE
+from torchgeo_xscale.models.pos_embed import fit_pos_embed, is_sincos, sincos_pos_embed
 from torchgeo_xscale.models.segmentation import register_encoder
-from torchgeo_xscale.models.vit import (
-    build_vit,
-    fit_pos_embed,
-    is_sincos,
-    sincos_pos_embed,
-)
+from torchgeo_xscale.models.vit import build_vit
 
 SMALL = dict(patch_size=8, embed_dim=32, depth=1, num_heads=2)
 

@@ -13,7 +13,7 @@ Every builder resolves its ``weights`` with
 """
 
 import os
-from typing import Any, TypeAlias
+from typing import Any
 
 import segmentation_models_pytorch as smp
 from torch.nn.modules.module import _IncompatibleKeys
@@ -38,7 +38,7 @@ __all__ = (
 )
 
 #: What the builders take as ``weights``.
-Source: TypeAlias = WeightsEnum | str | os.PathLike[str] | ResolvedWeights
+type Source = WeightsEnum | str | os.PathLike[str] | ResolvedWeights
 
 
 def build_encoder(

@@ -26,7 +26,8 @@ import torchvision.transforms.v2 as T
 from torch import Tensor, nn
 from torchvision.models._api import Weights, WeightsEnum
 
-from ..models.vit import VIT_SIZES, fit_pos_embed
+from ..models.pos_embed import fit_pos_embed
+from ..models.vit import VIT_SIZES
 from .files import check_finite, is_weights_file, md5sum, safe_load, save_weights
 from .layouts import convert_checkpoint
 

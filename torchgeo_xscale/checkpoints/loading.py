@@ -22,13 +22,8 @@ from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 from torchvision.models._api import WeightsEnum
 
-from ..models.vit import (
-    CrossScaleViT,
-    fit_pos_embed,
-    is_sincos,
-    residual_norm_style,
-    set_residual_norm_style,
-)
+from ..models.pos_embed import fit_pos_embed, is_sincos
+from ..models.vit import CrossScaleViT, residual_norm_style, set_residual_norm_style
 from .entries import CrossScaleMAEWeightsEnum
 from .files import (
     _FORMAT_1,
@@ -56,13 +51,11 @@ logger = logging.getLogger(__name__)
 
 
 class ResolvedWeights(NamedTuple):
-    """An encoder state dict (timm names) and its metadata.
+    """An encoder ``state_dict`` (timm names) and its ``metadata``.
 
-    Attributes:
-        state_dict: The tensors.
-        metadata: ``layout``, ``residual_norm_style`` (``pre``/``post``),
-            ``final_norm`` (bool), ``model`` (encoder arguments), ``source``, and
-            ``gsd`` (``{'min', 'max', 'median'}`` metres per pixel) when known.
+    The metadata always has ``layout``, ``residual_norm_style`` (``pre``/``post``),
+    ``final_norm`` (bool), ``model`` (encoder arguments) and ``source``; ``gsd``
+    (``{'min', 'max', 'median'}`` metres per pixel of the training data) when known.
     """
 
     state_dict: dict[str, Tensor]
@@ -259,7 +252,7 @@ def load_into(
         model: A timm-style ViT encoder (ours or timm's), changed in place.
         state_dict: Encoder state dict (timm names), e.g. from :func:`resolve`.
         metadata: Its metadata (``residual_norm_style``, ``final_norm``); None for
-            a plain pre-norm state dict.
+            a plain pre-norm state dict (with a final norm if it has ``norm.*``).
         source: Where the weights come from, for the error message.
         final_norm: Keep timm's final LayerNorm even when the weights have none.
         optional: Key prefixes of the model that may be missing from the weights
@@ -274,7 +267,7 @@ def load_into(
         WeightsMismatchError: If the weights do not fit: every missing or unexpected
             key and shape mismatch in one message.
     """
-    metadata = metadata or {'final_norm': 'norm.weight' in state_dict}
+    metadata = {'final_norm': 'norm.weight' in state_dict, **(metadata or {})}
     source = source or str(
         metadata.get('source', {}).get('file')
         or metadata.get('source', {}).get('entry')

@@ -2,10 +2,10 @@
 
 :func:`load_encoder` accepts
 
-* a name registered in :mod:`torchgeo.models` (e.g. ``scalemae_large_patch16``, our
-  ``crossscalemae_base_patch16`` when :mod:`torchgeo_xscale.models.weights` provides
-  it), with ``weights`` a weights entry name (``ScaleMAELarge16_Weights.FMOW_RGB``) or
-  a file;
+* a name registered in :mod:`torchgeo.models` (e.g. ``scalemae_large_patch16``, or
+  our ``crossscalemae_base_patch16``, registered by :mod:`torchgeo_xscale.checkpoints`),
+  with ``weights`` a weights entry name (``ScaleMAELarge16_Weights.FMOW_RGB``) or a
+  file;
 * a size of :data:`~torchgeo_xscale.models.VIT_SIZES` or any :mod:`timm` ViT name,
   with ``weights`` a file (``'timm'`` asks timm for its own pretrained weights);
 * a file: a Lightning checkpoint of :class:`~torchgeo_xscale.tasks.CrossScaleMAETask`

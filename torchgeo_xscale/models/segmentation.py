@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 from torch.utils.checkpoint import checkpoint
 
-from .vit import VIT_SIZES, CrossScaleViT, fit_pos_embed, grid_positions
+from .pos_embed import fit_pos_embed
+from .vit import VIT_SIZES, CrossScaleViT, grid_positions
 
 __all__ = (
     'FCNHead',

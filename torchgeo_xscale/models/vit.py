@@ -6,8 +6,7 @@ The parameter names are timm's, so a state dict of :class:`CrossScaleViT` loads 
 * the attention of every block comes from :mod:`torchgeo_xscale.models.attention`;
 * :meth:`CrossScaleViT.forward_encoder` runs the encoder on a subset of visible patch
   tokens (MAE), and positional embeddings can optionally encode each sample's GSD
-  (Scale-MAE style), reusing TorchGeo's
-  :func:`~torchgeo.models.scale_mae.get_2d_sincos_pos_embed_from_grid_torch`.
+  (Scale-MAE style).
 
 **Positional embeddings.** MAE's fixed 2-D sin-cos embedding is a persistent *buffer*
 named ``pos_embed`` (not a frozen ``nn.Parameter``): it has the same state-dict key as
@@ -16,9 +15,8 @@ parameters, so freezing and unfreezing an encoder (TorchGeo's ``freeze_backbone`
 SMP's ``freeze_encoder``/``unfreeze_encoder``) never makes it trainable. It is
 generated for any ``(rows, cols)`` patch grid, and regenerated exactly (not
 interpolated) when the grid changes. ``pos_embed='learn'`` gives timm's learned,
-trainable embedding instead. :func:`fit_pos_embed` is the one function that fits a
-stored embedding to another grid: regenerated when it is the fixed sin-cos one,
-resampled (timm's :func:`~timm.layers.resample_abs_pos_embed`) otherwise.
+trainable embedding instead. The embeddings themselves are made and fitted by
+:mod:`torchgeo_xscale.models.pos_embed` (imported here).
 
 **Residual norm style.** :class:`PostNormBlock` computes ``x = LN(x + f(x))`` with
 timm's parameter names: the blocks of the authors' xFormers encoder.
@@ -30,15 +28,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-from torchgeo.models.scale_mae import get_2d_sincos_pos_embed_from_grid_torch
 
 from .attention import build_attention
 from .local_attention import set_grid_size
+from .pos_embed import fit_pos_embed, sincos_pos_embed
 
 #: Encoder sizes: (embed_dim, depth, num_heads).
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -243,99 +240,6 @@ def grid_positions(ids: Tensor, grid_w: int, num_prefix: int = 0) -> Tensor:
         prefix = pos.new_full((ids.shape[0], num_prefix, 2), -1)
         pos = torch.cat([prefix, pos], dim=1)
     return pos
-
-
-def _grid(grid_size: int | tuple[int, int] | Any) -> tuple[int, int]:
-    """``(rows, cols)`` of an int (square) or a pair."""
-    if isinstance(grid_size, int):
-        return grid_size, grid_size
-    rows, cols = grid_size
-    return int(rows), int(cols)
-
-
-def sincos_pos_embed(
-    embed_dim: int,
-    grid_size: int | tuple[int, int],
-    gsd_ratio: Tensor | None = None,
-) -> Tensor:
-    """Fixed 2-D sin-cos positional embeddings (MAE's), optionally scaled by GSD.
-
-    Half of the channels encode the column, half the row, as MAE's
-    ``get_2d_sincos_pos_embed`` (and TorchGeo's Scale-MAE helpers, reused here); any
-    rectangular grid, patches in row-major order.
-
-    Args:
-        embed_dim: Embedding dimension D (a multiple of 4).
-        grid_size: Patch grid ``(rows, cols)``, or one int for a square grid.
-        gsd_ratio: Per-sample ``gsd / reference_gsd`` ``(B,)``; None for ratio 1.
-
-    Returns:
-        ``(B, 1 + rows * cols, D)`` embeddings (zeros for the CLS token), with
-        ``B = 1`` when *gsd_ratio* is None.
-    """
-    rows, cols = _grid(grid_size)
-    ratio = torch.ones(1) if gsd_ratio is None else gsd_ratio.float()
-    r = torch.arange(rows, dtype=ratio.dtype, device=ratio.device)
-    c = torch.arange(cols, dtype=ratio.dtype, device=ratio.device)
-    grid = torch.stack(torch.meshgrid(c, r, indexing='xy'), dim=0)  # (2, rows, cols)
-    grid = torch.einsum('chw,n->cnhw', grid, ratio)
-    n = ratio.shape[0]
-    pe = get_2d_sincos_pos_embed_from_grid_torch(embed_dim, grid)
-    pe = pe.reshape(n, rows * cols, embed_dim)
-    return torch.cat([pe.new_zeros(n, 1, embed_dim), pe], dim=1)
-
-
-def is_sincos(pos_embed: Tensor, grid_size: tuple[int, int] | None = None) -> bool:
-    """Whether *pos_embed* is MAE's fixed 2-D sin-cos embedding.
-
-    Args:
-        pos_embed: ``(1, 1 + N, D)``.
-        grid_size: Its patch grid; default the square one of N patches.
-
-    Returns:
-        True if so (then it can be regenerated exactly for any grid).
-    """
-    n, dim = pos_embed.shape[1] - 1, pos_embed.shape[-1]
-    if grid_size is None:
-        side = round(n**0.5)
-        grid_size = (side, side)
-    if grid_size[0] * grid_size[1] != n or dim % 4 or pos_embed.shape[0] != 1:
-        return False
-    ref = sincos_pos_embed(dim, grid_size).to(pos_embed.dtype)
-    return bool(torch.allclose(pos_embed.detach().cpu(), ref, atol=1e-4))
-
-
-def fit_pos_embed(
-    pos_embed: Tensor,
-    grid_size: tuple[int, int],
-    old_grid_size: tuple[int, int] | None = None,
-) -> Tensor:
-    """A stored positional embedding for another patch grid (the one fitter).
-
-    MAE's fixed sin-cos embedding is regenerated exactly for the new grid; any other
-    (learned) embedding is resampled with timm's
-    :func:`~timm.layers.resample_abs_pos_embed` (bicubic). One prefix (CLS) token.
-
-    Args:
-        pos_embed: ``(1, 1 + N, D)``.
-        grid_size: Target grid ``(rows, cols)``.
-        old_grid_size: Grid of *pos_embed*; default the square one of N patches.
-
-    Returns:
-        ``(1, 1 + rows * cols, D)``; *pos_embed* itself when it already fits.
-    """
-    rows, cols = grid_size
-    if old_grid_size is None:
-        side = round((pos_embed.shape[1] - 1) ** 0.5)
-        old_grid_size = (side, side)
-    if tuple(old_grid_size) == (rows, cols) and pos_embed.shape[1] == 1 + rows * cols:
-        return pos_embed
-    if is_sincos(pos_embed, old_grid_size):
-        pe = sincos_pos_embed(pos_embed.shape[-1], (rows, cols))
-        return pe.to(pos_embed.device, pos_embed.dtype)
-    return resample_abs_pos_embed(
-        pos_embed, [rows, cols], list(old_grid_size), num_prefix_tokens=1
-    )
 
 
 class CrossScaleViT(VisionTransformer):
