@@ -16,13 +16,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .checkpoints import (
-    export_weights,
-    find_entry,
-    md5sum,
-    read_checkpoint,
-    registered_entries,
-)
+from .checkpoints import export_weights, find_entry, md5sum, registered_entries
+from .checkpoints.files import read_metadata
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -75,7 +70,7 @@ def cmd_list(model_dir: str | None) -> int:
     for entry in registered_entries():
         path = entry.cache_path(model_dir)
         if path.is_file():
-            layout = read_checkpoint(path).metadata.get('layout', '?')
+            layout = read_metadata(path).get('layout', '?')
             size = path.stat().st_size / 2**20
             state = f'cached   {path} ({size:.1f} MiB, from {layout} layout)'
         else:
@@ -131,7 +126,7 @@ def cmd_import(
             )
             return 1
     path = entry.import_file(file, model_dir, check_md5=check_md5)
-    metadata = read_checkpoint(path).metadata
+    metadata = read_metadata(path)
     final = 'a final norm' if metadata.get('final_norm') else 'no final norm'
     print(
         f'{entry}: {metadata.get("layout")} layout, '

@@ -39,6 +39,7 @@ __all__ = (
     'check_finite',
     'is_weights_file',
     'md5sum',
+    'read_metadata',
     'read_sidecar',
     'safe_load',
     'save_weights',
@@ -76,7 +77,7 @@ def md5sum(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def safe_load(path: str | os.PathLike[str]) -> Any:
+def safe_load(path: str | os.PathLike[str], mmap: bool = False) -> Any:
     """``torch.load`` a checkpoint with ``weights_only=True``, failing clearly.
 
     Only tensors, plain containers and :class:`argparse.Namespace` (the ``args`` of
@@ -84,6 +85,8 @@ def safe_load(path: str | os.PathLike[str]) -> Any:
 
     Args:
         path: The file.
+        mmap: Map the tensors instead of reading them (cheap when only a few are
+            used, e.g. to read a weights file's metadata).
 
     Returns:
         The loaded object.
@@ -99,7 +102,7 @@ def safe_load(path: str | os.PathLike[str]) -> Any:
         raise FileNotFoundError(msg)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location='cpu', weights_only=True)
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         why = [ln for ln in lines if 'GLOBAL' in ln or 'Unsupported' in ln]
@@ -175,6 +178,24 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _write(file: IO[bytes], data: bytes) -> int:
     """The one low-level write of our files (tests make it fail midway)."""
     return file.write(data)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of one of our weights files, without reading its tensors.
+
+    Args:
+        path: The weights file.
+
+    Returns:
+        The embedded metadata; for the first format, the ``.json`` beside it.
+
+    Raises:
+        ValueError: If the file cannot be read.
+    """
+    obj = safe_load(path, mmap=True)
+    if is_weights_file(obj):
+        return dict(obj[METADATA_KEY])
+    return read_sidecar(path)
 
 
 class _Sink:
