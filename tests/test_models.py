@@ -16,7 +16,7 @@ from torchgeo_xscale.models import (
     build_vit,
     list_attention_backends,
 )
-from torchgeo_xscale.models.vit import resize_pos_embed
+from torchgeo_xscale.models.pos_embed import fit_pos_embed
 
 TINY = {**TINY_MODEL, 'depth': 2}
 
@@ -68,17 +68,17 @@ def test_vit_any_in_chans_and_masked_pass() -> None:
     assert torch.allclose(full, vit.forward_features(x))
 
 
-def test_resize_pos_embed() -> None:
+def test_fit_pos_embed_to_another_grid() -> None:
     small = build_vit(
         'tiny', img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2
     )
     big = build_vit(
         'tiny', img_size=64, patch_size=8, embed_dim=32, depth=1, num_heads=2
     )
-    sd = resize_pos_embed(small.state_dict(), big)
-    assert sd['pos_embed'].shape == big.pos_embed.shape
-    big.load_state_dict(sd)
-    assert resize_pos_embed(sd, big) is sd
+    pe = fit_pos_embed(small.state_dict()['pos_embed'], big.grid_size)
+    assert torch.equal(pe, big.pos_embed)  # fixed sin-cos: regenerated exactly
+    big.load_state_dict({**small.state_dict(), 'pos_embed': pe})
+    assert fit_pos_embed(pe, big.grid_size) is pe
 
 
 def test_gsd_pos_embed_changes_features_and_needs_gsd() -> None:

@@ -14,6 +14,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.trainer.states import RunningStage
 from torchgeo.tasks import SemanticSegmentation
 
+from torchgeo_xscale.checkpoints import upernet
 from torchgeo_xscale.cli import main as xscale
 from torchgeo_xscale.datamodules.isprs import (
     ScaledPotsdam2DDataModule,
@@ -23,7 +24,6 @@ from torchgeo_xscale.models.segmentation import (
     XScaleViTEncoder,
     pyramid_block_indices,
     register_encoder,
-    upernet,
 )
 from torchgeo_xscale.models.vit import VIT_SIZES, build_vit
 from torchgeo_xscale.segment_cli import write_scale_table
@@ -263,7 +263,7 @@ def test_pretrained_weights_are_used(encoder_weights: Path) -> None:
 
 
 def test_mismatched_weights_fail_clearly(encoder_weights: Path) -> None:
-    with pytest.raises(ValueError, match='do not fit the encoder'):
+    with pytest.raises(ValueError, match='do not fit XScaleViTEncoder'):
         upernet(
             'xscale_vit_tiny',
             weights=encoder_weights,

@@ -7,9 +7,10 @@ import yaml
 from conftest import TINY_MODEL
 from lightning.pytorch import Trainer
 
+from torchgeo_xscale.checkpoints import resolve
 from torchgeo_xscale.cli import main
 from torchgeo_xscale.tasks import CrossScaleMAETask
-from torchgeo_xscale.tasks.pretrain import load_encoder_state_dict, warmup_cosine
+from torchgeo_xscale.tasks.pretrain import warmup_cosine
 
 TINY = TINY_MODEL
 
@@ -190,9 +191,6 @@ def test_weights_path_initialises_encoder(tmp_path: Path) -> None:
     for k, v in src.model.encoder.state_dict().items():
         assert torch.equal(v, task.model.encoder.state_dict()[k])
     with pytest.raises(FileNotFoundError, match='neither a file'):
-        load_encoder_state_dict(str(tmp_path / 'missing.pth'))
+        resolve(str(tmp_path / 'missing.pth'))
     # a Lightning checkpoint of the task works too
-    assert (
-        load_encoder_state_dict(str(path))[0].keys()
-        == src.model.encoder.state_dict().keys()
-    )
+    assert resolve(str(path))[0].keys() == src.model.encoder.state_dict().keys()

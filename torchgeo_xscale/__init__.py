@@ -10,5 +10,5 @@ build).
 
 __version__ = '0.1.0'
 
-from . import models  # noqa: F401  (registers the weights with TorchGeo)
+from . import checkpoints  # noqa: F401  (registers the weights with TorchGeo)
 from .models import segmentation  # noqa: F401  (registers the SMP encoders)

@@ -150,7 +150,7 @@ def main(argv: Sequence[str] = ()) -> int:
     trainer.fit(task, datamodule=datamodule)
     minutes = (time.perf_counter() - start) / 60
 
-    from .models.convert import export_lightning_checkpoint
+    from .checkpoints import export_lightning_checkpoint
 
     encoder_path = str(out / 'encoder.pth')
     export_lightning_checkpoint(checkpoint.last_model_path, encoder_path)

@@ -4,17 +4,20 @@
   in the cache;
 * ``xscale weights import FILE``: check a downloaded release (by MD5), convert it and
   cache it, so that ``crossscalemae_base_patch16(CrossScaleMAEBase16_Weights.FMOW_RGB)``
-  works offline;
+  works offline; ``--weights ENTRY --no-check-md5`` files a checkpoint of your own
+  run of the authors' code under an entry;
 * ``xscale weights export SRC OUT.pth``: turn one of our Lightning checkpoints (or any
   checkpoint the converters read) into a weights file the builders load by path.
+
+Errors (a bad file, a full disk, a read-only folder) are one line naming the file.
 """
 
 import argparse
 import sys
 from collections.abc import Sequence
 
-from .models.convert import export_weights, read_weights_info
-from .models.weights import CrossScaleMAEWeightsEnum, md5sum, registered_entries
+from .checkpoints import export_weights, find_entry, md5sum, registered_entries
+from .checkpoints.files import read_metadata
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -36,27 +39,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = sub.add_parser('import', help='check, convert and cache a downloaded release')
     p.add_argument('file', help="the authors' checkpoint (.pth) as downloaded")
     p.add_argument('--weights', help='entry name (default: found by the MD5 of FILE)')
+    p.add_argument(
+        '--no-check-md5',
+        dest='check_md5',
+        action='store_false',
+        help="accept a file whose MD5 is not the release's (e.g. your own run of the "
+        "authors' code); needs --weights",
+    )
     p.add_argument('--model-dir', help=cache_help)
     p = sub.add_parser('export', help='checkpoint -> weights file for the builders')
     p.add_argument(
         'src', help='Lightning .ckpt of CrossScaleMAETask, or another checkpoint'
     )
     p.add_argument(
-        'out', help='output weights file (.pth; a .pth.json is written beside)'
+        'out',
+        help='output weights file (.pth; a .pth.json copy of its metadata beside)',
     )
     return parser.parse_args(list(argv))
-
-
-def find_entry(digest: str) -> CrossScaleMAEWeightsEnum | None:
-    """The registered entry whose original file has MD5 *digest*.
-
-    Args:
-        digest: MD5 hex digest.
-
-    Returns:
-        The entry, or None.
-    """
-    return next((e for e in registered_entries() if e.meta.get('md5') == digest), None)
 
 
 def cmd_list(model_dir: str | None) -> int:
@@ -71,9 +70,9 @@ def cmd_list(model_dir: str | None) -> int:
     for entry in registered_entries():
         path = entry.cache_path(model_dir)
         if path.is_file():
-            info = read_weights_info(path)
+            layout = read_metadata(path).get('layout', '?')
             size = path.stat().st_size / 2**20
-            state = f'cached   {path} ({size:.1f} MiB, from {info.get("layout", "?")} layout)'
+            state = f'cached   {path} ({size:.1f} MiB, from {layout} layout)'
         else:
             state = f'missing  (download {entry.meta["release"]}, then `xscale weights import`)'
         print(f'{entry!s:45} {state}')
@@ -83,43 +82,62 @@ def cmd_list(model_dir: str | None) -> int:
     return 0
 
 
-def cmd_import(file: str, weights: str | None, model_dir: str | None) -> int:
-    """Import a downloaded release into the cache.
+def cmd_import(
+    file: str, weights: str | None, model_dir: str | None, check_md5: bool = True
+) -> int:
+    """Import a downloaded release (or your own run of the authors' code) into the cache.
 
     Args:
-        file: The downloaded file.
+        file: The checkpoint.
         weights: Entry name, or None to find it by MD5.
         model_dir: Cache folder override.
+        check_md5: Refuse a file whose MD5 is not the entry's release.
 
     Returns:
         0 on success, 1 if the file matches no entry.
     """
-    digest = md5sum(file)
+    names = [str(e) for e in registered_entries()]
     if weights:
-        entry = next((e for e in registered_entries() if str(e) == weights), None)
-        if entry is None:
-            names = [str(e) for e in registered_entries()]
+        entry = find_entry(weights)
+        if entry is None or str(entry) != weights:
             print(
                 f'error: --weights {weights!r} is not one of {names}', file=sys.stderr
             )
             return 1
+    elif not check_md5:
+        print(
+            f'error: --no-check-md5 needs --weights ENTRY to file {file} under '
+            f'(one of {names})',
+            file=sys.stderr,
+        )
+        return 1
     else:
+        digest = md5sum(file)
         entry = find_entry(digest)
         if entry is None:
             known = ', '.join(f'{e} ({e.meta["md5"]})' for e in registered_entries())
             print(
                 f'error: {file} has md5 {digest}, which matches no released checkpoint '
-                f'[{known}]; for a checkpoint of your own use `xscale weights export`',
+                f"[{known}]; for your own run of the authors' code add --weights ENTRY "
+                '--no-check-md5, or load the file itself by path '
+                "(crossscalemae_base_patch16(weights='FILE')); for a checkpoint of ours "
+                'use `xscale weights export`',
                 file=sys.stderr,
             )
             return 1
-    path = entry.import_file(file, model_dir)
-    info = read_weights_info(path)
+    path = entry.import_file(file, model_dir, check_md5=check_md5)
+    metadata = read_metadata(path)
+    final = 'a final norm' if metadata.get('final_norm') else 'no final norm'
     print(
-        f'{entry}: {info.get("layout")} layout, {info.get("residual_norm_style")}-norm blocks'
+        f'{entry}: {metadata.get("layout")} layout, '
+        f'{metadata.get("residual_norm_style")}-norm blocks, {final}'
     )
-    if info.get('unexpected_keys'):
-        print(f'  not mapped (unused): {", ".join(info["unexpected_keys"])}')
+    if not metadata['source'].get('md5_is_release', True):
+        print(
+            f"  md5 {metadata['source']['md5']} is not the release's (--no-check-md5)"
+        )
+    if metadata.get('unexpected_keys'):
+        print(f'  not mapped (unused): {len(metadata["unexpected_keys"])} keys')
     print(f'  cached at {path}')
     return 0
 
@@ -149,15 +167,16 @@ def main(argv: Sequence[str] = ()) -> int:
         argv: Arguments after ``xscale weights``.
 
     Returns:
-        Exit status: 0 on success, 1 on a bad file (the message says why).
+        Exit status: 0 on success, 1 on a bad file or a failed write (the one-line
+        message says which file and why).
     """
     args = parse_args(argv)
     try:
         if args.command == 'list':
             return cmd_list(args.model_dir)
         if args.command == 'import':
-            return cmd_import(args.file, args.weights, args.model_dir)
+            return cmd_import(args.file, args.weights, args.model_dir, args.check_md5)
         return cmd_export(args.src, args.out)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: FileNotFoundError, a full disk...
         print(f'error: {err}', file=sys.stderr)
         return 1

@@ -2,24 +2,26 @@
 
 :func:`load_encoder` accepts
 
-* a name registered in :mod:`torchgeo.models` (e.g. ``scalemae_large_patch16``, our
-  ``crossscalemae_base_patch16`` when :mod:`torchgeo_xscale.models.weights` provides
-  it), with ``weights`` a weights entry name (``ScaleMAELarge16_Weights.FMOW_RGB``) or
-  a file;
+* a name registered in :mod:`torchgeo.models` (e.g. ``scalemae_large_patch16``, or
+  our ``crossscalemae_base_patch16``, registered by :mod:`torchgeo_xscale.checkpoints`),
+  with ``weights`` a weights entry name (``ScaleMAELarge16_Weights.FMOW_RGB``) or a
+  file;
 * a size of :data:`~torchgeo_xscale.models.VIT_SIZES` or any :mod:`timm` ViT name,
   with ``weights`` a file (``'timm'`` asks timm for its own pretrained weights);
 * a file: a Lightning checkpoint of :class:`~torchgeo_xscale.tasks.CrossScaleMAETask`
   (keys ``model.encoder.*``) or of :class:`torchgeo.tasks.MAE` (``backbone.vit.*``),
-  or an encoder state dict with timm names (architecture read from the shapes);
+  one of our weights files, one of the authors' checkpoints, or an encoder state dict
+  with timm names (architecture read from the shapes);
 * an :class:`~torch.nn.Module`.
 
-The feature is the mean of the patch tokens (default) or the CLS token, after the
-encoder's final norm. GSD-aware encoders get the GSD of the scaled view:
+Files and entries are read by :func:`torchgeo_xscale.checkpoints.resolve` and loaded
+by :func:`torchgeo_xscale.checkpoints.load_into`, as everywhere else. The feature is
+the mean of the patch tokens (default) or the CLS token, after the encoder's final
+norm (none for the authors' weights). GSD-aware encoders get the GSD of the scaled view:
 :class:`~torchgeo_xscale.models.CrossScaleViT` with ``gsd_pos_embed`` and TorchGeo's
 :class:`~torchgeo.models.scale_mae.ScaleMAE` (its ``res``), both as ``gsd / ratio``.
 """
 
-import importlib
 import logging
 import os
 import re
@@ -32,16 +34,20 @@ from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from ..models.convert import load_checkpoint, safe_load, unwrap
-from ..models.vit import VIT_SIZES, CrossScaleViT, resize_pos_embed
+from ..checkpoints import (
+    CrossScaleMAEWeightsEnum,
+    ResolvedWeights,
+    build_encoder,
+    load_into,
+    resolve,
+)
+from ..models.vit import VIT_SIZES, CrossScaleViT, build_vit
 
 #: A list: timm appends the names that :func:`register_timm_vit` registers here.
 __all__ = [
     'DEMO_TIMM_MODEL',
     'FeatureEncoder',
-    'encoder_weights',
     'load_encoder',
-    'load_weights',
     'register_timm_name',
     'register_timm_vit',
 ]
@@ -49,10 +55,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Pool = Literal['mean', 'cls']
-
-#: Key prefix of the encoder in a ``torchgeo.tasks.MAE`` checkpoint.
-_PEER_PREFIX = 'backbone.vit.'
-
 
 #: Pattern of the timm names made by :func:`register_timm_vit`.
 _TIMM_NAME = re.compile(r'vit_xscale_e(\d+)_d(\d+)_h(\d+)_p(\d+)_(\d+)$')
@@ -258,72 +260,6 @@ class FeatureEncoder(nn.Module):
         return out[:, prefix:].float().mean(dim=1)
 
 
-def encoder_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """The encoder's timm-named state dict in any supported checkpoint file.
-
-    A ``torchgeo.tasks.MAE`` checkpoint gives its ``backbone.vit.*``; everything else
-    goes through :func:`torchgeo_xscale.models.convert.load_checkpoint` (our Lightning
-    checkpoints, weights files, the authors' layouts, plain encoder state dicts).
-
-    Args:
-        path: The file (loaded tensors-only).
-
-    Returns:
-        The encoder state dict.
-
-    Raises:
-        ValueError: For the authors' post-norm layout, which only our builders
-            (:mod:`torchgeo_xscale.models.weights`) can run.
-    """
-    state, _ = unwrap(safe_load(path))
-    if any(k.startswith(_PEER_PREFIX) for k in state):
-        return {
-            k[len(_PEER_PREFIX) :]: v
-            for k, v in state.items()
-            if k.startswith(_PEER_PREFIX)
-        }
-    conversion = load_checkpoint(path)
-    if conversion.residual_norm_style != 'pre':
-        msg = f'{path}: post-norm blocks; expected a pre-norm ViT (load it with a crossscalemae_* builder)'
-        raise ValueError(msg)
-    return conversion.encoder
-
-
-def load_weights(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
-    """Load an encoder state dict into *model*, loudly.
-
-    ``pos_embed`` is resampled to the model's grid; the classification head may be
-    missing; any other missing or unexpected key raises.
-
-    Args:
-        model: The encoder.
-        state_dict: Its weights (timm names).
-
-    Raises:
-        ValueError: On missing or unexpected keys.
-    """
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.')}
-    if isinstance(model, VisionTransformer):
-        state_dict = resize_pos_embed(state_dict, model)
-    try:
-        result = model.load_state_dict(state_dict, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        first = next(
-            (ln.strip() for ln in str(err).splitlines() if 'size mismatch' in ln),
-            str(err),
-        )
-        msg = f'weights do not fit {type(model).__name__}: {first}; expected the same architecture'
-        raise ValueError(msg) from err
-    missing = [k for k in result.missing_keys if not k.startswith('head.')]
-    if missing or result.unexpected_keys:
-        msg = (
-            f'weights do not fit {type(model).__name__}: missing {missing[:5]}, '
-            f'unexpected {result.unexpected_keys[:5]}; expected the encoder of the same '
-            'architecture (timm names)'
-        )
-        raise ValueError(msg)
-
-
 def _weights_entry(name: str) -> Any:
     """Resolve ``Enum_Weights.MEMBER`` through TorchGeo's registry."""
     from torchgeo.models import get_weight
@@ -339,15 +275,14 @@ def _model_from_name(
     name: str, weights: str | None, kwargs: dict[str, Any]
 ) -> nn.Module:
     """Build the model called *name*, with entry weights when *weights* is no file."""
-    from torchgeo.models import get_model, list_models
+    from torchgeo.models import get_model, get_model_weights, list_models
 
-    ours = importlib.import_module('torchgeo_xscale.models.weights')  # registers ours
     weights_file = weights if weights and os.path.isfile(weights) else None
     entry = weights if weights and not weights_file and weights != 'timm' else None
-    if callable(getattr(ours, name, None)):
-        # our builders take an entry, its name or any of our checkpoint files
-        return getattr(ours, name)(weights=weights, **kwargs)  # type: ignore[no-any-return]
     if name in list_models():
+        if issubclass(get_model_weights(name), CrossScaleMAEWeightsEnum):
+            # our builders take an entry, its name or any checkpoint file
+            return get_model(name, weights=weights, **kwargs)
         model = get_model(
             name, weights=_weights_entry(entry) if entry else None, **kwargs
         )
@@ -356,8 +291,8 @@ def _model_from_name(
             raise ValueError(
                 f'weights={entry!r} is not a file; expected a .pth/.ckpt for size {name!r}'
             )
-        from ..models.vit import build_vit
-
+        if weights_file:  # the architecture recorded with the weights wins
+            return build_encoder(name, weights_file, **kwargs)
         model = build_vit(name, **kwargs)
     elif register_timm_name(name):
         if entry:
@@ -374,22 +309,22 @@ def _model_from_name(
         )
         raise ValueError(msg)
     if weights_file:
-        load_weights(model, encoder_weights(weights_file))
+        load_into(model, *resolve(weights_file))
     return model
 
 
-def _model_from_file(path: str, kwargs: dict[str, Any]) -> nn.Module:
-    """The encoder held by a checkpoint or weights file."""
-    state, _ = unwrap(safe_load(path))
-    if any(k.startswith(_PEER_PREFIX) for k in state):
-        from .reconstruction import load_torchgeo_mae
-
-        peer: Any = load_torchgeo_mae(path)
-        return peer.backbone.vit  # type: ignore[no-any-return]
-    from ..models.weights import build_encoder
-
+def _encoder_of(resolved: ResolvedWeights, kwargs: dict[str, Any]) -> nn.Module:
+    """The encoder a resolved checkpoint holds: timm's for ``torchgeo.tasks.MAE``."""
+    metadata = resolved.metadata
+    timm_name = metadata.get('timm_model')
+    if metadata.get('layout') == 'torchgeo-mae' and timm_name:
+        register_timm_name(timm_name)
+        in_chans = metadata.get('model', {}).get('in_chans', 3)
+        model = timm.create_model(timm_name, in_chans=in_chans, num_classes=0, **kwargs)
+        load_into(model, resolved.state_dict, metadata)
+        return model  # type: ignore[no-any-return]
     # the architecture recorded with the weights (or read off the shapes) wins
-    return build_encoder('base', path, **kwargs)
+    return build_encoder('base', resolved, **kwargs)
 
 
 def load_encoder(
@@ -425,9 +360,9 @@ def load_encoder(
         encoder = os.fspath(encoder)
         label = name or os.path.basename(encoder)
         if os.path.isfile(encoder):
-            model = _model_from_file(encoder, kwargs)
+            model = _encoder_of(resolve(encoder), kwargs)
             if weights:
-                load_weights(model, encoder_weights(weights))
+                load_into(model, *resolve(weights))
         else:
             model = _model_from_name(encoder, weights, kwargs)
     return FeatureEncoder(model, pool=pool, in_chans=kwargs.get('in_chans'), name=label)

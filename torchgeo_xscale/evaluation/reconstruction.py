@@ -18,6 +18,7 @@ checkpoint of :class:`~torchgeo_xscale.tasks.CrossScaleMAETask`) and
 :class:`torchgeo.tasks.MAE` (or its checkpoint).
 """
 
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from ..checkpoints import STRUCTURE_KEY, apply_structure, safe_load
 from ..losses import patchify, unpatchify
 from ..masking import MaskInfo, mask_from_scores, num_visible
 from ..models.cross_scale_mae import CrossScaleMAE
@@ -51,8 +53,6 @@ def _checkpoint(
 ) -> Mapping[str, Any]:
     if isinstance(source, Mapping):
         return source
-    from ..models.convert import safe_load
-
     return safe_load(source)  # type: ignore[no-any-return]
 
 
@@ -70,18 +70,20 @@ def load_cross_scale_mae(
     Raises:
         ValueError: If the checkpoint has no ``model.*`` weights or hyper-parameters.
     """
-    from ..tasks.pretrain import MODEL_ARGS
-
     ckpt = _checkpoint(source)
     hparams, state = ckpt.get('hyper_parameters'), ckpt.get('state_dict', {})
     if not hparams or not any(k.startswith('model.encoder.') for k in state):
         raise ValueError(
             'checkpoint has no hyper_parameters/model.encoder.*; expected a CrossScaleMAETask checkpoint'
         )
-    model = CrossScaleMAE(**{k: hparams[k] for k in MODEL_ARGS if k in hparams})
-    model.load_state_dict(
-        {k[len('model.') :]: v for k, v in state.items() if k.startswith('model.')}
-    )
+    accepted = inspect.signature(CrossScaleMAE.__init__).parameters
+    model = CrossScaleMAE(**{k: v for k, v in hparams.items() if k in accepted})
+    state = {k[len('model.') :]: v for k, v in state.items() if k.startswith('model.')}
+    # what the encoder computed: post-norm blocks, no final norm (the authors' start)
+    structure = dict(ckpt.get(STRUCTURE_KEY) or {})
+    structure.setdefault('final_norm', 'encoder.norm.weight' in state)
+    apply_structure(model.encoder, structure)
+    model.load_state_dict(state)
     return model.eval()
 
 
@@ -97,8 +99,6 @@ def load_torchgeo_mae(source: str | os.PathLike[str] | Mapping[str, Any]) -> nn.
     Raises:
         ValueError: If the checkpoint is not one of ``torchgeo.tasks.MAE``.
     """
-    import inspect
-
     from torchgeo.tasks import MAE
 
     ckpt = _checkpoint(source)

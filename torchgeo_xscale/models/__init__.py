@@ -1,48 +1,71 @@
-"""Models: the ViT encoder, attention backends, Cross-Scale MAE and its weights."""
+"""Models: the ViT encoder, attention backends, Cross-Scale MAE (architecture only).
+
+The weights entries and the builders that take weights live in
+:mod:`torchgeo_xscale.checkpoints`; their names are also available here
+(``from torchgeo_xscale.models import crossscalemae_base_patch16``), where TorchGeo
+users look for builders. They are imported on first access (PEP 562), so that
+:mod:`torchgeo_xscale.checkpoints` can import these architecture modules without an
+import cycle.
+"""
+
+import importlib
+from typing import Any
 
 from .attention import build_attention, list_attention_backends, register_attention
-from .convert import (
+from .cross_scale_mae import CrossScaleMAE, CrossScaleMAEOutput
+from .vit import (
+    VIT_SIZES,
+    CrossScaleViT,
     PostNormBlock,
-    convert_checkpoint,
-    export_lightning_checkpoint,
-    export_weights,
+    build_vit,
     set_residual_norm_style,
 )
-from .cross_scale_mae import CrossScaleMAE, CrossScaleMAEOutput
-from .vit import VIT_SIZES, CrossScaleViT, build_vit
-from .weights import (
-    CrossScaleMAEBase16_Weights,
-    CrossScaleMAELarge16_Weights,
-    CrossScaleMAEWeightsEnum,
-    WeightsNotAvailableError,
-    build_encoder,
-    crossscalemae_base_patch16,
-    crossscalemae_large_patch16,
-    load_weights,
-    register_weights,
-)
 
-__all__ = (
-    'VIT_SIZES',
-    'CrossScaleMAE',
+#: Names re-exported from :mod:`torchgeo_xscale.checkpoints`.
+_FROM_CHECKPOINTS = (
     'CrossScaleMAEBase16_Weights',
     'CrossScaleMAELarge16_Weights',
-    'CrossScaleMAEOutput',
     'CrossScaleMAEWeightsEnum',
-    'CrossScaleViT',
-    'PostNormBlock',
     'WeightsNotAvailableError',
-    'build_attention',
     'build_encoder',
-    'build_vit',
     'convert_checkpoint',
     'crossscalemae_base_patch16',
     'crossscalemae_large_patch16',
     'export_lightning_checkpoint',
     'export_weights',
-    'list_attention_backends',
-    'load_weights',
-    'register_attention',
     'register_weights',
-    'set_residual_norm_style',
+    'resolve',
+    'upernet',
 )
+
+__all__ = (
+    'VIT_SIZES',
+    'CrossScaleMAE',
+    'CrossScaleMAEOutput',
+    'CrossScaleViT',
+    'PostNormBlock',
+    'build_attention',
+    'build_vit',
+    'list_attention_backends',
+    'register_attention',
+    'set_residual_norm_style',
+    *_FROM_CHECKPOINTS,
+)
+
+
+def __getattr__(name: str) -> Any:
+    """The weights names, from :mod:`torchgeo_xscale.checkpoints` (on first use).
+
+    Args:
+        name: An attribute of this package.
+
+    Returns:
+        The object.
+
+    Raises:
+        AttributeError: If *name* is not one of them.
+    """
+    if name in _FROM_CHECKPOINTS:
+        return getattr(importlib.import_module('torchgeo_xscale.checkpoints'), name)
+    msg = f'module {__name__!r} has no attribute {name!r}'
+    raise AttributeError(msg)

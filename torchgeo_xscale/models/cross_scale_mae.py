@@ -84,7 +84,10 @@ class CrossScaleMAE(nn.Module):
         encoder: The ViT encoder (timm names; export this one).
         projection_head: g_f for L_cc (None when ``loss_cc`` is off).
         predictor: g_p for L_cp (None when ``loss_cp`` is off).
+        decoder_pos_embed: The decoder's fixed sin-cos embedding (a buffer).
     """
+
+    decoder_pos_embed: Tensor
 
     def __init__(
         self,
@@ -233,8 +236,11 @@ class CrossScaleMAE(nn.Module):
         if self.has_decoder:
             self.decoder_embed = nn.Linear(dim, decoder_embed_dim)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-            self.decoder_pos_embed = nn.Parameter(
-                sincos_pos_embed(decoder_embed_dim, self.grid[0]), requires_grad=False
+            # fixed sin-cos: a buffer, as the encoder's pos_embed (models/vit.py)
+            self.register_buffer(
+                'decoder_pos_embed',
+                sincos_pos_embed(decoder_embed_dim, self.grid),
+                persistent=True,
             )
             norm = partial(nn.LayerNorm, eps=1e-6)
             self.decoder_blocks = nn.Sequential(

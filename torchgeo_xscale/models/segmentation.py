@@ -12,36 +12,37 @@ registry, so that both of these build::
 
 Pretrained weights are an encoder state dict with timm names (what
 :class:`~torchgeo_xscale.models.CrossScaleMAE` ``.encoder`` saves): loading one into
-the encoder resamples the positional embeddings and adapts the patch embedding to the
-input channels (timm's :func:`~timm.models.adapt_input_conv`, as TorchGeo does).
+the encoder (:meth:`XScaleViTEncoder.load_state_dict`, which TorchGeo's
+``SemanticSegmentation(weights=...)`` calls) fits the positional embeddings
+(:func:`~torchgeo_xscale.models.vit.fit_pos_embed`) and adapts the patch embedding to
+the input channels (timm's :func:`~timm.models.adapt_input_conv`, as TorchGeo does).
+UPerNet with weights (an entry, its name, a file) is
+:func:`torchgeo_xscale.checkpoints.upernet`; :func:`build_upernet` here builds it
+without.
 """
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
 from segmentation_models_pytorch.encoders._base import EncoderMixin
-from timm.layers import resample_abs_pos_embed
 from timm.models import adapt_input_conv
 from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 from torch.utils.checkpoint import checkpoint
-from torchvision.models._api import WeightsEnum
 
-from .convert import fit_pos_embed
+from .pos_embed import fit_pos_embed
 from .vit import VIT_SIZES, CrossScaleViT, grid_positions
 
 __all__ = (
     'FCNHead',
     'Feature2Pyramid',
     'XScaleViTEncoder',
-    'load_pretrained_encoder',
+    'build_upernet',
     'pyramid_block_indices',
     'register_encoder',
-    'upernet',
 )
 
 #: Prefix of the SMP encoder names registered here.
@@ -240,16 +241,10 @@ class XScaleViTEncoder(CrossScaleViT, EncoderMixin):
             grid_w: Patch columns.
 
         Returns:
-            ``(1, 1 + grid_h * grid_w, D)``, resampled (bicubic) when the grid differs
-            from the stored one.
+            ``(1, 1 + grid_h * grid_w, D)``: the fixed sin-cos embedding generated for
+            the grid, or the learned one resampled (bicubic) when the grid differs.
         """
-        pe = self.pos_embed
-        assert pe is not None, 'XScaleViTEncoder needs absolute positional embeddings'
-        if (grid_h, grid_w) == self.grid_size:
-            return pe
-        return resample_abs_pos_embed(
-            pe, [grid_h, grid_w], list(self.grid_size), num_prefix_tokens=1
-        )
+        return self.pos_embed_for_grid((grid_h, grid_w))
 
     def forward(self, x: Tensor) -> list[Tensor]:  # type: ignore[override]
         """Feature pyramid of images.
@@ -297,10 +292,12 @@ class XScaleViTEncoder(CrossScaleViT, EncoderMixin):
     ) -> _IncompatibleKeys:
         """Load a full encoder state dict, or a pretrained ViT one (timm names).
 
-        A state dict without ``neck.*`` keys is a pretrained ViT: its positional
-        embeddings are resampled to this encoder's grid, its patch embedding adapted
-        to the input channels, a classifier (``head.*``) dropped, and the neck keeps
-        its initialisation.
+        A state dict without ``neck.*`` keys is a pretrained ViT (TorchGeo's
+        ``SemanticSegmentation(weights=...)`` passes one): its positional embeddings
+        are fitted to this encoder's grid, its patch embedding adapted to the input
+        channels, a classifier (``head.*``) dropped, and the neck keeps its
+        initialisation. With *strict*, a state dict without a final ``norm`` (the
+        authors' weights) makes ``norm`` the identity, as their encoder had none.
 
         Args:
             state_dict: The state dict.
@@ -317,12 +314,18 @@ class XScaleViTEncoder(CrossScaleViT, EncoderMixin):
         if any(k.startswith('neck.') for k in state):
             return super().load_state_dict(state, strict=strict, assign=assign)
         if 'pos_embed' in state:
-            state = fit_pos_embed(state, self.grid_size)
+            state['pos_embed'] = fit_pos_embed(state['pos_embed'], self.grid_size)
         weight = state.get('patch_embed.proj.weight')
         if weight is not None and weight.shape[1] != self._in_channels:
             state['patch_embed.proj.weight'] = adapt_input_conv(
                 self._in_channels, weight, weight.shape[1]
             )
+        if (
+            strict
+            and 'norm.weight' not in state
+            and isinstance(self.norm, nn.LayerNorm)
+        ):
+            self.norm = nn.Identity()
         own = self.state_dict()
         state = {
             k: v for k, v in state.items() if k in own or not k.startswith('head.')
@@ -416,22 +419,21 @@ def encoder_with_options(backbone: str, options: Mapping[str, Any]) -> str:
     return register_encoder(f'{backbone}[{args}]', **{**entry['params'], **options})
 
 
-def upernet(
+def build_upernet(
     backbone: str = 'xscale_vit_base',
     num_classes: int = 6,
     in_channels: int = 3,
-    weights: WeightsEnum | str | None = None,
     decoder_channels: int = 512,
     **encoder_options: Any,
 ) -> smp.UPerNet:
-    """Build SMP's UPerNet on one of our ViTs, optionally with pretrained weights.
+    """SMP's UPerNet on one of our ViTs, randomly initialised.
+
+    With pretrained weights: :func:`torchgeo_xscale.checkpoints.upernet`.
 
     Args:
         backbone: Registered encoder name (``xscale_vit_base``...).
         num_classes: Output classes K.
         in_channels: Input bands.
-        weights: Pretrained encoder: a weights entry, its name, or a file (see
-            :func:`load_pretrained_encoder`).
         decoder_channels: UPerNet decoder width.
         **encoder_options: Overrides of the encoder's params (``img_size``,
             ``drop_path_rate``, ``embed_dim``, ``vit_depth``...).
@@ -441,46 +443,10 @@ def upernet(
         W divisible by 32.
     """
     name = encoder_with_options(backbone, encoder_options)
-    model = smp.UPerNet(
+    return smp.UPerNet(
         encoder_name=name,
         encoder_weights=None,
         in_channels=in_channels,
         classes=num_classes,
         decoder_channels=decoder_channels,
     )
-    if weights is not None:
-        load_pretrained_encoder(model.encoder, weights)
-    return model
-
-
-def load_pretrained_encoder(
-    encoder: XScaleViTEncoder, weights: WeightsEnum | str | os.PathLike[str]
-) -> _IncompatibleKeys:
-    """Load pretrained weights into *encoder* (pos-embed fitted, channels adapted).
-
-    Weights are read by :func:`torchgeo_xscale.models.weights.load_weights`: a
-    weights entry; its name (``CrossScaleMAEBase16_Weights.FMOW_RGB``); or a file (an
-    exported weights file, a pretraining checkpoint, one of the authors' checkpoints,
-    an encoder state dict). Post-norm checkpoints switch the blocks to post-norm.
-
-    Args:
-        encoder: The encoder.
-        weights: See above.
-
-    Returns:
-        Missing and unexpected keys (the neck's are missing).
-
-    Raises:
-        ValueError: If the weights do not fit the encoder's architecture.
-    """
-    from .convert import set_residual_norm_style
-    from .weights import load_weights
-
-    state_dict, info = load_weights(weights)
-    set_residual_norm_style(encoder, info.get('residual_norm_style', 'pre'))
-    try:
-        return encoder.load_state_dict(state_dict)
-    except RuntimeError as err:
-        arch = info.get('model', {})
-        msg = f'weights={weights!r} ({arch or "unknown architecture"}) do not fit the encoder: {err}'
-        raise ValueError(msg) from err

@@ -6,8 +6,21 @@ The parameter names are timm's, so a state dict of :class:`CrossScaleViT` loads 
 * the attention of every block comes from :mod:`torchgeo_xscale.models.attention`;
 * :meth:`CrossScaleViT.forward_encoder` runs the encoder on a subset of visible patch
   tokens (MAE), and positional embeddings can optionally encode each sample's GSD
-  (Scale-MAE style), reusing TorchGeo's
-  :func:`~torchgeo.models.scale_mae.get_2d_sincos_pos_embed_with_resolution`.
+  (Scale-MAE style).
+
+**Positional embeddings.** MAE's fixed 2-D sin-cos embedding is a persistent *buffer*
+named ``pos_embed`` (not a frozen ``nn.Parameter``): it has the same state-dict key as
+timm's learned one, so state dicts load both ways, but it is not among the
+parameters, so freezing and unfreezing an encoder (TorchGeo's ``freeze_backbone``,
+SMP's ``freeze_encoder``/``unfreeze_encoder``) never makes it trainable. It is
+generated for any ``(rows, cols)`` patch grid, and regenerated exactly (not
+interpolated) when the grid changes. ``pos_embed='learn'`` gives timm's learned,
+trainable embedding instead. The embeddings themselves are made and fitted by
+:mod:`torchgeo_xscale.models.pos_embed` (imported here).
+
+**Residual norm style.** :class:`PostNormBlock` computes ``x = LN(x + f(x))`` with
+timm's parameter names: the blocks of the authors' xFormers encoder.
+:func:`set_residual_norm_style` switches the blocks of a model between the two.
 """
 
 from functools import partial
@@ -15,15 +28,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-from torchgeo.models.scale_mae import get_2d_sincos_pos_embed_with_resolution
 
 from .attention import build_attention
 from .local_attention import set_grid_size
+from .pos_embed import fit_pos_embed, sincos_pos_embed
 
 #: Encoder sizes: (embed_dim, depth, num_heads).
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -95,6 +107,74 @@ class Block(TimmBlock):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
+class PostNormBlock(Block):
+    """A transformer block with post-norm residuals, ``x = LN(x + f(x))``.
+
+    The parameter names are timm's :class:`~timm.models.vision_transformer.Block`
+    (``norm1``, ``attn``, ``norm2``, ``mlp``); only the order of operations differs.
+    This is the block of the authors' xFormers encoder (``residual_norm_style='post'``):
+    ``x = LN_att(x + Attn(x))``, then ``x = LN_ff(x + MLP(x))``.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        x: Tensor,
+        pos: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> Tensor:
+        """Attention and MLP, each followed by residual addition and LayerNorm.
+
+        Args:
+            x: Tokens ``(B, N, D)``.
+            pos: Grid positions ``(B, N, 2)``, -1 for prefix tokens.
+            attn_mask: Optional attention mask/bias.
+            is_causal: Unsupported; kept for timm's call signature.
+
+        Returns:
+            Tokens ``(B, N, D)``.
+        """
+        attn = self.attn(x, pos=pos, attn_mask=attn_mask)
+        x = self.norm1(x + self.drop_path1(self.ls1(attn)))
+        return self.norm2(x + self.drop_path2(self.ls2(self.mlp(x))))
+
+
+def set_residual_norm_style(module: nn.Module, style: str) -> nn.Module:
+    """Make every transformer block of *module* pre-norm (timm) or post-norm.
+
+    Args:
+        module: A :class:`CrossScaleViT` or :class:`CrossScaleMAE` (changed in place).
+        style: ``pre`` or ``post``.
+
+    Returns:
+        *module*.
+
+    Raises:
+        ValueError: If *style* is not ``pre`` or ``post``.
+    """
+    if style not in ('pre', 'post'):
+        msg = f"residual_norm_style={style!r}; expected 'pre' or 'post'"
+        raise ValueError(msg)
+    cls = PostNormBlock if style == 'post' else Block
+    for m in module.modules():
+        if isinstance(m, Block):
+            m.__class__ = cls  # same parameters, different order of operations
+    return module
+
+
+def residual_norm_style(module: nn.Module) -> str:
+    """``post`` if *module* has :class:`PostNormBlock` blocks, else ``pre``.
+
+    Args:
+        module: Any model.
+
+    Returns:
+        ``pre`` or ``post``.
+    """
+    post = any(isinstance(m, PostNormBlock) for m in module.modules())
+    return 'post' if post else 'pre'
+
+
 def run_blocks(
     blocks: nn.Sequential,
     x: Tensor,
@@ -162,33 +242,17 @@ def grid_positions(ids: Tensor, grid_w: int, num_prefix: int = 0) -> Tensor:
     return pos
 
 
-def sincos_pos_embed(
-    embed_dim: int, grid_size: int, gsd_ratio: Tensor | None = None
-) -> Tensor:
-    """Fixed 2-D sin-cos positional embeddings, optionally scaled by GSD.
-
-    Args:
-        embed_dim: Embedding dimension D.
-        grid_size: Patch grid side (square grids).
-        gsd_ratio: Per-sample ``gsd / reference_gsd`` ``(B,)``; None for ratio 1.
-
-    Returns:
-        ``(B, 1 + grid_size**2, D)`` embeddings (zeros for the CLS token), with
-        ``B = 1`` when *gsd_ratio* is None.
-    """
-    if gsd_ratio is None:
-        gsd_ratio = torch.ones(1)
-    return get_2d_sincos_pos_embed_with_resolution(
-        embed_dim, grid_size, gsd_ratio.float(), cls_token=True
-    )
-
-
 class CrossScaleViT(VisionTransformer):
     """Vision Transformer encoder of Cross-Scale MAE.
 
     A :class:`timm.models.vision_transformer.VisionTransformer` (``forward_features``,
     ``forward_head``, ``num_features``, any ``in_chans``) with fixed sin-cos positional
-    embeddings (as MAE), pluggable attention, and a masked-token encoder pass.
+    embeddings (as MAE) held in a buffer (see the module docstring), pluggable
+    attention, and a masked-token encoder pass.
+
+    Attributes:
+        fixed_pos_embed: ``pos_embed`` is the fixed sin-cos buffer (else timm's
+            learned parameter).
     """
 
     def __init__(
@@ -198,6 +262,7 @@ class CrossScaleViT(VisionTransformer):
         attention_options: dict[str, Any] | None = None,
         gsd_pos_embed: bool = False,
         reference_gsd: float = 1.0,
+        pos_embed: str = 'sincos',
         **kwargs: Any,
     ) -> None:
         """Initialise the encoder.
@@ -210,24 +275,82 @@ class CrossScaleViT(VisionTransformer):
             gsd_pos_embed: Scale positional embeddings by each sample's GSD divided by
                 *reference_gsd* (Scale-MAE's GSD positional encoding).
             reference_gsd: GSD in metres at which positions are unscaled.
-            **kwargs: Passed to :class:`~timm.models.vision_transformer.VisionTransformer`.
+            pos_embed: ``sincos`` (default): MAE's fixed 2-D sin-cos embedding, a
+                buffer; ``learn``: timm's learned embedding, a parameter.
+            **kwargs: Passed to :class:`~timm.models.vision_transformer.VisionTransformer`
+                (``final_norm=False`` builds ``norm`` as the identity, as the
+                authors' encoder).
+
+        Raises:
+            ValueError: If *pos_embed* is not ``sincos`` or ``learn``.
         """
+        if pos_embed not in ('sincos', 'learn'):
+            msg = f"pos_embed={pos_embed!r}; expected 'sincos' or 'learn'"
+            raise ValueError(msg)
         kwargs.setdefault('norm_layer', partial(nn.LayerNorm, eps=1e-6))
         kwargs.setdefault('qkv_bias', True)
         kwargs['block_fn'] = partial(
             Block, attention=attention, attention_options=attention_options
         )
+        kwargs['pos_embed'] = 'learn'  # replaced by the buffer below when fixed
         super().__init__(*args, **kwargs)
         self.attention = attention
         self.gsd_pos_embed = gsd_pos_embed
         self.reference_gsd = reference_gsd
-        grid_h, grid_w = self.patch_embed.grid_size
-        if self.pos_embed is not None and grid_h == grid_w:
-            with torch.no_grad():
-                self.pos_embed.copy_(sincos_pos_embed(self.embed_dim, grid_h))
-            self.pos_embed.requires_grad_(False)
+        self.fixed_pos_embed = pos_embed == 'sincos'
+        if self.fixed_pos_embed:
+            self._register_sincos()
         # Local-window attention needs the patch grid for its fast partition path.
         set_grid_size(self, self.patch_embed.grid_size)
+
+    def _register_sincos(self) -> None:
+        """(Re)make ``pos_embed`` the fixed sin-cos buffer of the current grid."""
+        ref = (
+            self.cls_token
+            if self.cls_token is not None
+            else self.patch_embed.proj.weight
+        )
+        pe = sincos_pos_embed(self.embed_dim, self.grid_size).to(ref.device, ref.dtype)
+        self._parameters.pop('pos_embed', None)
+        self.register_buffer('pos_embed', pe, persistent=True)
+
+    def use_learned_pos_embed(self) -> None:
+        """Turn the fixed sin-cos buffer into timm's learned (trainable) parameter.
+
+        Done when weights with a learned embedding (e.g. timm's or TorchGeo's MAE)
+        are loaded, so that fine-tuning trains it as its authors did.
+        """
+        if self.fixed_pos_embed:
+            pe = self._buffers.pop('pos_embed')
+            assert pe is not None
+            self.pos_embed = nn.Parameter(pe.clone())
+            self.fixed_pos_embed = False
+
+    def init_weights(self, mode: str = '', needs_reset: bool = True) -> None:
+        """Initialise as timm does; the fixed sin-cos embedding stays what it is.
+
+        Args:
+            mode: timm's weight initialisation mode.
+            needs_reset: Passed to timm.
+        """
+        super().init_weights(mode, needs_reset)
+        if getattr(self, 'fixed_pos_embed', False):
+            self._register_sincos()
+
+    def set_input_size(
+        self,
+        img_size: int | tuple[int, int] | None = None,
+        patch_size: int | tuple[int, int] | None = None,
+    ) -> None:
+        """Change the input size (timm's API); a fixed embedding is regenerated.
+
+        Args:
+            img_size: New input size.
+            patch_size: New patch size.
+        """
+        super().set_input_size(img_size, patch_size)  # type: ignore[arg-type]
+        if self.fixed_pos_embed:
+            self._register_sincos()
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -235,28 +358,78 @@ class CrossScaleViT(VisionTransformer):
         h, w = self.patch_embed.grid_size
         return int(h), int(w)
 
-    def patch_pos_embed(self, batch_size: int, gsd: Tensor | None = None) -> Tensor:
+    def pos_embed_for_grid(self, grid_size: tuple[int, int]) -> Tensor:
+        """Positional embeddings (CLS first) for a patch grid, fitted if it differs.
+
+        Args:
+            grid_size: Patch grid ``(rows, cols)``.
+
+        Returns:
+            ``(1, 1 + rows * cols, D)``: generated exactly for a fixed sin-cos
+            embedding, resampled from the stored one for a learned embedding.
+
+        Raises:
+            ValueError: Without absolute positional embeddings.
+        """
+        pe = self.pos_embed
+        if pe is None:
+            msg = 'CrossScaleViT needs absolute position embeddings (pos_embed)'
+            raise ValueError(msg)
+        grid = (int(grid_size[0]), int(grid_size[1]))
+        if grid == self.grid_size:
+            return pe
+        if self.fixed_pos_embed:
+            return sincos_pos_embed(self.embed_dim, grid).to(pe.device, pe.dtype)
+        return fit_pos_embed(pe, grid, self.grid_size)
+
+    def _pos_embed(self, x: Tensor) -> Tensor:
+        """Add positional embeddings and prepend CLS (timm's hook; any grid if dynamic).
+
+        Args:
+            x: Patch tokens ``(B, N, D)``, or ``(B, H, W, D)`` with ``dynamic_img_size``.
+
+        Returns:
+            Tokens ``(B, 1 + N, D)``.
+        """
+        if x.ndim == 4:
+            grid = (int(x.shape[1]), int(x.shape[2]))
+            x = x.flatten(1, 2)
+        else:
+            grid = self.grid_size
+        pe = self.pos_embed_for_grid(grid)
+        assert self.cls_token is not None  # class_token=True is required
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        return self.pos_drop(torch.cat([cls, x], dim=1) + pe)
+
+    def patch_pos_embed(
+        self,
+        batch_size: int,
+        gsd: Tensor | None = None,
+        grid_size: tuple[int, int] | None = None,
+    ) -> Tensor:
         """Positional embeddings of the CLS and patch tokens.
 
         Args:
             batch_size: B.
             gsd: Per-sample GSD in metres ``(B,)``; used when ``gsd_pos_embed``.
+            grid_size: Patch grid; default the configured one.
 
         Returns:
             ``(B or 1, 1 + N, D)``.
+
+        Raises:
+            ValueError: Without absolute positional embeddings, or without *gsd*
+                when ``gsd_pos_embed``.
         """
-        if self.pos_embed is None:
-            msg = 'CrossScaleViT needs absolute position embeddings (pos_embed)'
-            raise ValueError(msg)
+        grid = grid_size or self.grid_size
+        pe = self.pos_embed_for_grid(grid)
         if self.gsd_pos_embed:
             if gsd is None:
                 msg = 'gsd_pos_embed=True needs the GSD of every sample (gsd=...)'
                 raise ValueError(msg)
-            pe = sincos_pos_embed(
-                self.embed_dim, self.grid_size[0], gsd / self.reference_gsd
-            )
-            return pe.to(self.pos_embed.device, self.pos_embed.dtype)
-        return self.pos_embed
+            ratio = gsd / self.reference_gsd
+            return sincos_pos_embed(self.embed_dim, grid, ratio).to(pe.device, pe.dtype)
+        return pe
 
     def forward_encoder(
         self,
@@ -268,7 +441,8 @@ class CrossScaleViT(VisionTransformer):
         """Encode the visible patches of images (MAE encoder).
 
         Args:
-            x: Images ``(B, C, H, W)`` at the configured ``img_size``.
+            x: Images ``(B, C, H, W)`` at the configured ``img_size`` (any size
+                divisible by the patch size with ``dynamic_img_size=True``).
             ids_keep: Flat indices of visible patches ``(B, N_vis)``; None keeps all.
             gsd: Per-sample GSD in metres ``(B,)``; used when ``gsd_pos_embed``.
             groups: Optional group of each kept patch ``(B, N_vis)`` (LoMaR's
@@ -276,13 +450,18 @@ class CrossScaleViT(VisionTransformer):
                 :func:`group_attention_mask`).
 
         Returns:
-            Normalised tokens ``(B, 1 + N_vis, D)``, CLS first.
+            Tokens ``(B, 1 + N_vis, D)``, CLS first, after the final ``norm`` (the
+            identity for weights without one, e.g. the authors').
         """
         b = x.shape[0]
-        tokens = self.patch_embed(x)  # (B, N, D)
-        pe = self.patch_pos_embed(b, gsd)
+        tokens = self.patch_embed(x)  # (B, N, D), or (B, H, W, D) if dynamic
+        if tokens.ndim == 4:
+            grid = (int(tokens.shape[1]), int(tokens.shape[2]))
+            tokens = tokens.flatten(1, 2)
+        else:
+            grid = self.grid_size
+        pe = self.patch_pos_embed(b, gsd, grid)
         tokens = tokens + pe[:, 1:]
-        grid_w = self.grid_size[1]
         if ids_keep is None:
             ids_keep = torch.arange(tokens.shape[1], device=x.device).expand(b, -1)
         else:
@@ -292,7 +471,7 @@ class CrossScaleViT(VisionTransformer):
         cls = (self.cls_token + pe[:, :1]).expand(b, -1, -1)
         tokens = self.pos_drop(torch.cat([cls, tokens], dim=1))
         tokens = self.norm_pre(tokens)
-        pos = grid_positions(ids_keep, grid_w, num_prefix=1)
+        pos = grid_positions(ids_keep, grid[1], num_prefix=1)
         mask = None if groups is None else group_attention_mask(groups)
         tokens = run_blocks(self.blocks, tokens, pos, self.grad_checkpointing, mask)
         return self.norm(tokens)
@@ -317,28 +496,6 @@ class CrossScaleViT(VisionTransformer):
             msg = 'CrossScaleViT does not take attn_mask/is_causal'
             raise ValueError(msg)
         return self.forward_encoder(x, None, gsd)
-
-
-def resize_pos_embed(
-    state_dict: dict[str, Tensor], model: VisionTransformer
-) -> dict[str, Tensor]:
-    """Resample ``pos_embed`` in *state_dict* to *model*'s patch grid (if it differs).
-
-    Args:
-        state_dict: An encoder state dict (timm names).
-        model: The model it will be loaded into.
-
-    Returns:
-        The state dict, with ``pos_embed`` resampled when needed.
-    """
-    pe = state_dict.get('pos_embed')
-    if pe is None or model.pos_embed is None or pe.shape == model.pos_embed.shape:
-        return state_dict
-    state_dict = dict(state_dict)
-    state_dict['pos_embed'] = resample_abs_pos_embed(
-        pe, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=1
-    )
-    return state_dict
 
 
 def build_vit(size: str = 'base', **kwargs: Any) -> CrossScaleViT:

@@ -14,8 +14,8 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 from torchgeo.tasks.base import BaseTask
 
+from ..checkpoints import STRUCTURE_KEY, load_into, model_structure, resolve
 from ..models.cross_scale_mae import CrossScaleMAE, CrossScaleMAEOutput
-from ..models.vit import resize_pos_embed
 
 logger = logging.getLogger(__name__)
 
@@ -186,15 +186,10 @@ class CrossScaleMAETask(BaseTask):
         """Build Cross-Scale MAE and load starting weights if given."""
         self.model = CrossScaleMAE(**{k: self.hparams[k] for k in MODEL_ARGS})
         if self.hparams['weights']:
-            from ..models.convert import set_residual_norm_style
-
-            state_dict, info = load_encoder_state_dict(self.hparams['weights'])
-            state_dict = resize_pos_embed(state_dict, self.model.encoder)
-            check_compatible(state_dict, self.model.encoder, self.hparams['weights'])
-            self.model.encoder.load_state_dict(state_dict, strict=True)
-            # The authors' released blocks are post-norm: keep computing what they did.
-            style = info.get('residual_norm_style', 'pre')
-            set_residual_norm_style(self.model.encoder, style)
+            # post-norm blocks and no final norm for the authors' weights, as theirs;
+            # the bands must match (the reconstruction target is per band)
+            state_dict, metadata = resolve(self.hparams['weights'])
+            load_into(self.model.encoder, state_dict, metadata, adapt_channels=False)
         if self.hparams['compile']:
             self.model.compile()
 
@@ -404,6 +399,7 @@ class CrossScaleMAETask(BaseTask):
             checkpoint: The checkpoint being written.
         """
         self._check_pending()
+        checkpoint[STRUCTURE_KEY] = model_structure(self.model.encoder)
 
     def on_train_end(self) -> None:
         """Check the last step's loss."""
@@ -482,54 +478,3 @@ class CrossScaleMAETask(BaseTask):
         if hasattr(experiment, 'add_figure'):
             experiment.add_figure('reconstruction', fig, self.global_step, close=False)
         save_figure(fig, path)
-
-
-def check_compatible(
-    state_dict: dict[str, Tensor], model: torch.nn.Module, source: str
-) -> None:
-    """Raise one clear line if *state_dict* does not fit *model*.
-
-    Args:
-        state_dict: Encoder weights.
-        model: The encoder they are for.
-        source: Where they came from (named in the message).
-
-    Raises:
-        ValueError: On missing/unexpected keys or a shape mismatch (e.g. the
-            checkpoint of another model size), naming the first difference.
-    """
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
-    if not (missing or unexpected or shapes):
-        return
-    if shapes:
-        k = shapes[0]
-        what = f'{k} has shape {tuple(state_dict[k].shape)}, the model {tuple(own[k].shape)}'
-    elif missing:
-        what = f'{len(missing)} missing keys (first {missing[0]})'
-    else:
-        what = f'{len(unexpected)} unexpected keys (first {unexpected[0]})'
-    msg = (
-        f'weights={source!r} do not fit this encoder: {what}; expected weights of the '
-        'same size (size/embed_dim/depth/patch_size/in_chans)'
-    )
-    raise ValueError(msg)
-
-
-def load_encoder_state_dict(weights: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Load encoder weights from a file or a weights entry name.
-
-    Args:
-        weights: Path to a weights file, a Lightning checkpoint of this task, one of
-            the authors' checkpoints, or an entry name such as
-            ``CrossScaleMAEBase16_Weights.FMOW_RGB``.
-
-    Returns:
-        The encoder state dict (timm names) and its description (e.g.
-        ``residual_norm_style``).
-    """
-    from ..models.weights import load_weights
-
-    return load_weights(weights)

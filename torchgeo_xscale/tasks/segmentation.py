@@ -26,14 +26,14 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchgeo.tasks import SemanticSegmentation
 from torchvision.models._api import WeightsEnum
 
-from ..inference import sliding_window_probs
-from ..models.convert import PostNormBlock, set_residual_norm_style
-from ..models.segmentation import (
-    ENCODER_PREFIX,
-    FCNHead,
+from ..checkpoints import (
+    apply_structure,
     load_pretrained_encoder,
+    model_structure,
     upernet,
 )
+from ..inference import sliding_window_probs
+from ..models.segmentation import ENCODER_PREFIX, FCNHead
 from ..plotting import save_figure, to_display
 
 __all__ = ('XScaleSegmentationTask', 'plot_segmentation', 'warmup_poly')
@@ -508,16 +508,15 @@ class XScaleSegmentationTask(SemanticSegmentation):
         for key in ('bands', 'scale_ratio', 'patch_size'):
             if getattr(datamodule, key, None) is not None:
                 meta[key] = getattr(datamodule, key)
-        post = any(isinstance(m, PostNormBlock) for m in self.modules())
-        meta['residual_norm_style'] = 'post' if post else 'pre'
+        meta.update(model_structure(self.model))  # residual norm style, final norm
         checkpoint[META_KEY] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore post-norm blocks if the fine-tuned encoder had them.
+        """Restore post-norm blocks and a missing final norm if the encoder had them.
 
         Args:
             checkpoint: The checkpoint being loaded.
         """
         self.segmentation_meta = checkpoint.get(META_KEY, {})
-        style = self.segmentation_meta.get('residual_norm_style', 'pre')
-        set_residual_norm_style(self.model, style)
+        encoder = getattr(self.model, 'encoder', self.model)
+        apply_structure(encoder, self.segmentation_meta)

@@ -1,47 +1,47 @@
-"""Pretrained Cross-Scale MAE weights as TorchGeo weights entries, and their builders.
+"""Pretrained Cross-Scale MAE weights as TorchGeo weights entries.
 
 ``CrossScaleMAEBase16_Weights.FMOW_RGB`` and ``CrossScaleMAELarge16_Weights.FMOW_RGB``
 are the authors' released checkpoints (aicip/Cross-Scale-MAE, ViT-B/16 and ViT-L/16,
-400 epochs on fMoW-RGB at 128 px; licence CC-BY-NC 4.0). Their files are undocumented
-training checkpoints, so an entry's :meth:`~CrossScaleMAEWeightsEnum.get_state_dict`
-does not return the download as is: it downloads the release once, checks its
-published MD5, converts it (:mod:`torchgeo_xscale.models.convert`) to timm names and
-caches the converted encoder under ``torch.hub.get_dir()/checkpoints/xscale/``. Offline,
+400 epochs on fMoW-RGB at 128 px; licence CC-BY-NC 4.0). Their files are training
+checkpoints, so an entry's :meth:`~CrossScaleMAEWeightsEnum.get_state_dict` does not
+return the download as is: it downloads the release once, checks its published MD5,
+converts it (:mod:`torchgeo_xscale.checkpoints.layouts`) to timm names and caches our
+weights file under ``torch.hub.get_dir()/checkpoints/xscale/``. Offline,
 ``xscale weights import <downloaded .pth>`` does the same from a local file.
 
-Importing this module registers the builders and entries in TorchGeo's model API
-(:func:`torchgeo.models.get_model`, :func:`~torchgeo.models.get_weight`,
-:func:`~torchgeo.models.get_model_weights`, :func:`~torchgeo.models.list_models`), so
-``torchgeo.tasks.Classification(model='vit_base_patch16_224',
-weights='CrossScaleMAEBase16_Weights.FMOW_RGB')`` works as with TorchGeo's own weights.
+An entry's ``transforms`` is built as TorchGeo's own entries are (an ``nn.Sequential``
+of torchvision ``v2.Normalize``): it takes an image tensor ``(C, H, W)`` /
+``(B, C, H, W)`` or a sample dict with an ``image`` key, RGB in [0, 255].
 """
 
-import hashlib
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import kornia.augmentation as K
 import torch
-from timm.models import adapt_input_conv
+import torchvision.transforms.v2 as T
 from torch import Tensor, nn
 from torchvision.models._api import Weights, WeightsEnum
 
-from .convert import (
-    ENCODER_ARGS,
-    convert_checkpoint,
-    fit_pos_embed,
-    load_checkpoint,
-    read_weights_info,
-    safe_load,
-    save_weights,
-    set_residual_norm_style,
+from ..models.pos_embed import fit_pos_embed
+from ..models.vit import VIT_SIZES
+from .files import check_finite, is_weights_file, md5sum, safe_load, save_weights
+from .layouts import convert_checkpoint
+
+__all__ = (
+    'FMOW_RGB_MEAN',
+    'FMOW_RGB_STD',
+    'CrossScaleMAEBase16_Weights',
+    'CrossScaleMAELarge16_Weights',
+    'CrossScaleMAEWeightsEnum',
+    'WeightsNotAvailableError',
+    'find_entry',
+    'register_weights',
+    'registered_entries',
 )
-from .vit import VIT_SIZES, CrossScaleViT, build_vit
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +50,8 @@ FMOW_RGB_MEAN = (0.4339, 0.4358, 0.4074)
 FMOW_RGB_STD = (0.1983, 0.1925, 0.1945)
 
 _fmow_rgb_transforms = nn.Sequential(
-    K.Normalize(mean=torch.tensor(0.0), std=torch.tensor(255.0), keepdim=True),
-    K.Normalize(
-        mean=torch.tensor(FMOW_RGB_MEAN), std=torch.tensor(FMOW_RGB_STD), keepdim=True
-    ),
+    T.Normalize(mean=[0.0], std=[255.0]),
+    T.Normalize(mean=list(FMOW_RGB_MEAN), std=list(FMOW_RGB_STD)),
 )
 
 _REPO = 'https://github.com/aicip/Cross-Scale-MAE'
@@ -91,22 +89,6 @@ class WeightsNotAvailableError(FileNotFoundError):
     """The weights are neither cached nor downloadable (e.g. offline)."""
 
 
-def md5sum(path: str | os.PathLike[str]) -> str:
-    """MD5 hex digest of a file, read in chunks.
-
-    Args:
-        path: The file.
-
-    Returns:
-        32 hex characters.
-    """
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class CrossScaleMAEWeightsEnum(WeightsEnum):
     """Weights entries whose file is a foreign checkpoint, converted once and cached.
 
@@ -122,7 +104,7 @@ class CrossScaleMAEWeightsEnum(WeightsEnum):
             model_dir: Cache folder (default ``torch.hub.get_dir()/checkpoints/xscale``).
 
         Returns:
-            The path of the converted ``.pth``.
+            The path of our weights file.
         """
         root = model_dir or os.path.join(torch.hub.get_dir(), 'checkpoints', 'xscale')
         return Path(root) / self.meta['filename']
@@ -140,7 +122,8 @@ class CrossScaleMAEWeightsEnum(WeightsEnum):
         """The encoder state dict (timm names), from the cache or downloaded.
 
         The original file's MD5 is always checked and only tensors are unpickled,
-        whatever *check_hash* and *weights_only* say (TorchGeo passes both).
+        whatever *check_hash* and *weights_only* say (TorchGeo passes both). The
+        state dict has no final ``norm`` (the authors' encoder has none).
 
         Args:
             progress: Show a download progress bar.
@@ -153,8 +136,8 @@ class CrossScaleMAEWeightsEnum(WeightsEnum):
         Returns:
             The state dict.
         """
-        state_dict, info = self.load(progress, url=url, model_dir=model_dir)
-        if info.get('residual_norm_style') == 'post':
+        state_dict, metadata = self.load(progress, url=url, model_dir=model_dir)
+        if metadata.get('residual_norm_style') == 'post':
             msg = (
                 f"{self} has post-norm blocks (the authors' xFormers encoder); a timm "
                 'ViT loads the state dict but computes other features. Build the '
@@ -169,7 +152,7 @@ class CrossScaleMAEWeightsEnum(WeightsEnum):
         url: str | None = None,
         model_dir: str | os.PathLike[str] | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """State dict and description (architecture, norm style) of this entry.
+        """State dict and metadata (architecture, norm style, final norm) of this entry.
 
         Args:
             progress: Show a download progress bar.
@@ -177,12 +160,21 @@ class CrossScaleMAEWeightsEnum(WeightsEnum):
             model_dir: Cache folder override.
 
         Returns:
-            ``(state_dict, info)``.
+            ``(state_dict, metadata)``.
+
+        Raises:
+            ValueError: If the cached file is not one of our weights files, or has
+                non-finite tensors.
         """
         path = self.cache_path(model_dir)
         if not path.is_file():
             self.download(url, model_dir, progress)
-        return safe_load(path), read_weights_info(path)
+        obj = safe_load(path)
+        if not is_weights_file(obj):
+            msg = f'{path} (cache of {self}) is not a weights file of ours; delete it and import the release again'
+            raise ValueError(msg)
+        check_finite(obj['state_dict'], str(path))
+        return dict(obj['state_dict']), dict(obj['metadata'])
 
     def download(
         self,
@@ -229,41 +221,51 @@ class CrossScaleMAEWeightsEnum(WeightsEnum):
         path: str | os.PathLike[str],
         model_dir: str | os.PathLike[str] | None = None,
         source: str | None = None,
+        check_md5: bool = True,
     ) -> Path:
         """Check a local copy of the original file, convert it and cache the result.
 
         Args:
-            path: The downloaded original checkpoint.
+            path: The original checkpoint (as downloaded, or of your own run of the
+                authors' code when *check_md5* is False).
             model_dir: Cache folder override.
             source: Where it came from (recorded; default *path*).
+            check_md5: Refuse a file whose MD5 is not the release's.
 
         Returns:
             The cached converted file.
 
         Raises:
-            ValueError: If the MD5 differs from the published one, the file is not a
-                tensors-only checkpoint, or its layout cannot be mapped.
+            ValueError: If the MD5 differs from the published one (and is checked),
+                the file is not a tensors-only checkpoint, its layout cannot be
+                mapped, or a tensor is not finite.
+            WeightsWriteError: If the cache cannot be written.
         """
         digest = md5sum(path)
-        if digest != self.meta['md5']:
+        if check_md5 and digest != self.meta['md5']:
             msg = (
                 f'{path} has md5 {digest}, not the published {self.meta["md5"]} of '
                 f'{self}: an incomplete or different download (Google Drive may serve a '
-                f'web page instead); download it again from {self.meta["release"]}'
+                f'web page instead); download it again from {self.meta["release"]} '
+                '(or pass --no-check-md5 for a checkpoint of your own run of the '
+                "authors' code)"
             )
             raise ValueError(msg)
         conv = convert_checkpoint(safe_load(path), source=os.fspath(path))
+        check_finite(conv.encoder, os.fspath(path))
         img_size = int(self.meta['img_size'])
         grid = img_size // int(conv.model_args['patch_size'])
-        encoder = fit_pos_embed(conv.encoder, (grid, grid))
-        info = conv.info()
-        info['model'].update(img_size=img_size, num_heads=self.meta['num_heads'])
-        info['source'] = {
+        encoder = dict(conv.encoder)
+        encoder['pos_embed'] = fit_pos_embed(encoder['pos_embed'], (grid, grid))
+        metadata = conv.metadata()
+        metadata['model'].update(img_size=img_size, num_heads=self.meta['num_heads'])
+        metadata['source'] = {
             'entry': str(self),
             'md5': digest,
+            'md5_is_release': digest == self.meta['md5'],
             'file': source or os.fspath(path),
         }
-        target = save_weights(encoder, self.cache_path(model_dir), info)
+        target = save_weights(encoder, self.cache_path(model_dir), metadata)
         logger.info('%s: %s layout converted to %s', self, conv.layout, target)
         return Path(target)
 
@@ -302,154 +304,7 @@ class CrossScaleMAELarge16_Weights(CrossScaleMAEWeightsEnum):  # type: ignore[mi
     )
 
 
-def load_weights(
-    weights: WeightsEnum | str | os.PathLike[str],
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Encoder state dict and description from an entry, an entry name or a file.
-
-    Args:
-        weights: A weights entry (ours or TorchGeo's); its name, e.g.
-            ``'CrossScaleMAEBase16_Weights.FMOW_RGB'``; or a file: a weights file
-            written by ``xscale weights export``, a Lightning checkpoint of our
-            pretraining task, one of the authors' checkpoints, or an encoder state dict.
-
-    Returns:
-        ``(state_dict, info)`` with ``info['model']`` (architecture, when known) and
-        ``info['residual_norm_style']``.
-
-    Raises:
-        FileNotFoundError: If *weights* is neither a file nor a known entry.
-    """
-    if isinstance(weights, CrossScaleMAEWeightsEnum):
-        return weights.load()
-    if isinstance(weights, WeightsEnum):
-        return weights.get_state_dict(progress=True), {}
-    if os.path.isfile(weights):
-        conv = load_checkpoint(weights)
-        return conv.encoder, conv.info()
-    from torchgeo.models import get_weight
-
-    try:
-        entry = get_weight(os.fspath(weights))
-    except ValueError as err:
-        msg = f'weights={weights!r} is neither a file nor a known weights entry'
-        raise FileNotFoundError(msg) from err
-    return load_weights(entry)
-
-
-def build_encoder(
-    size: str,
-    weights: WeightsEnum | str | os.PathLike[str] | None = None,
-    **kwargs: Any,
-) -> CrossScaleViT:
-    """A :class:`CrossScaleViT` of *size*, with weights loaded if given.
-
-    The architecture recorded with the weights (depth, width, heads, patch size...)
-    wins over *size*, so that any of our checkpoints loads by path; *kwargs* win over
-    both (``img_size``, ``in_chans``, ``num_classes``, ``attention``...). Positional
-    embeddings are regenerated (fixed sin-cos) or resampled for ``img_size``; the
-    patch embedding is adapted to ``in_chans`` (timm's ``adapt_input_conv``).
-
-    Args:
-        size: ``tiny``, ``small``, ``base`` or ``large``.
-        weights: See :func:`load_weights`; None for random initialisation.
-        **kwargs: Passed to :func:`~torchgeo_xscale.models.vit.build_vit`.
-
-    Returns:
-        The encoder (timm ``VisionTransformer``: ``forward_features``,
-        ``num_features``...), ``num_classes=0`` unless given.
-
-    Raises:
-        ValueError: If the number of heads cannot be known, or the weights do not fit.
-    """
-    if weights is None:
-        return build_vit(size, **{'patch_size': 16, **kwargs})
-    state_dict, info = load_weights(weights)
-    recorded = info.get('model', {})
-    args = {
-        'patch_size': 16,
-        **{k: v for k, v in recorded.items() if k in ENCODER_ARGS},
-    }
-    args.update(kwargs)
-    dim = args.get('embed_dim', VIT_SIZES[size][0])
-    if 'num_heads' not in args and dim != VIT_SIZES[size][0]:
-        msg = f'weights={weights!r} has width {dim} and no recorded num_heads; pass num_heads=...'
-        raise ValueError(msg)
-    model = build_vit(size, **args)
-    set_residual_norm_style(model, info.get('residual_norm_style', 'pre'))
-    state_dict = fit_pos_embed(state_dict, model.grid_size)
-    weight = state_dict['patch_embed.proj.weight']
-    if weight.shape[1] != model.patch_embed.proj.in_channels:
-        state_dict = {
-            **state_dict,
-            'patch_embed.proj.weight': adapt_input_conv(
-                model.patch_embed.proj.in_channels, weight, weight.shape[1]
-            ),
-        }
-    try:
-        result = model.load_state_dict(state_dict, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        lines = [ln.strip() for ln in str(err).splitlines() if 'mismatch' in ln]
-        first = lines[0] if lines else str(err)
-        msg = f'weights={weights!r} do not fit a {size} ViT with {args}: {first} ({len(lines)} in all)'
-        raise ValueError(msg) from err
-    missing = [k for k in result.missing_keys if not k.startswith('head.')]
-    if missing or result.unexpected_keys:
-        msg = (
-            f'weights={weights!r} do not fit a {size} ViT with {args}: missing '
-            f'{missing[:6]}, unexpected {result.unexpected_keys[:6]}'
-        )
-        raise ValueError(msg)
-    return model
-
-
-def crossscalemae_base_patch16(
-    weights: CrossScaleMAEBase16_Weights | str | os.PathLike[str] | None = None,
-    *args: Any,
-    **kwargs: Any,
-) -> CrossScaleViT:
-    """Cross-Scale MAE ViT-B/16 encoder.
-
-    If you use this model in your research, please cite
-    https://openreview.net/forum?id=5oEVdOd6TV (Tang et al., NeurIPS 2023).
-
-    Args:
-        weights: Pretrained weights: an entry, its name, or a file (any of our
-            checkpoints, see :func:`load_weights`).
-        *args: Unused (TorchGeo's builder signature).
-        **kwargs: Passed to :class:`CrossScaleViT` (``img_size`` default 224, any
-            ``in_chans``, ``num_classes``, ``attention``...).
-
-    Returns:
-        The encoder.
-    """
-    return build_encoder('base', weights, **kwargs)
-
-
-def crossscalemae_large_patch16(
-    weights: CrossScaleMAELarge16_Weights | str | os.PathLike[str] | None = None,
-    *args: Any,
-    **kwargs: Any,
-) -> CrossScaleViT:
-    """Cross-Scale MAE ViT-L/16 encoder.
-
-    If you use this model in your research, please cite
-    https://openreview.net/forum?id=5oEVdOd6TV (Tang et al., NeurIPS 2023).
-
-    Args:
-        weights: Pretrained weights: an entry, its name, or a file.
-        *args: Unused (TorchGeo's builder signature).
-        **kwargs: Passed to :class:`CrossScaleViT`.
-
-    Returns:
-        The encoder.
-    """
-    return build_encoder('large', weights, **kwargs)
-
-
-def register_weights(
-    name: str, builder: Callable[..., nn.Module], weights_enum: type[WeightsEnum]
-) -> None:
+def register_weights(name: str, builder: Any, weights_enum: type[WeightsEnum]) -> None:
     """Register a builder and its weights enum in TorchGeo's model API.
 
     Args:
@@ -481,13 +336,16 @@ def registered_entries() -> list[CrossScaleMAEWeightsEnum]:
     return [entry for e in ordered for entry in e.__members__.values()]
 
 
-register_weights(
-    'crossscalemae_base_patch16',
-    crossscalemae_base_patch16,
-    CrossScaleMAEBase16_Weights,
-)
-register_weights(
-    'crossscalemae_large_patch16',
-    crossscalemae_large_patch16,
-    CrossScaleMAELarge16_Weights,
-)
+def find_entry(name_or_md5: str) -> CrossScaleMAEWeightsEnum | None:
+    """The registered entry called *name_or_md5*, or whose original file has that MD5.
+
+    Args:
+        name_or_md5: ``CrossScaleMAEBase16_Weights.FMOW_RGB`` or an MD5 hex digest.
+
+    Returns:
+        The entry, or None.
+    """
+    return next(
+        (e for e in registered_entries() if name_or_md5 in (str(e), e.meta.get('md5'))),
+        None,
+    )
