@@ -297,6 +297,42 @@ def _timestamp(value: str | None) -> Any:
     return utc.to_pydatetime()
 
 
+def _embed_files(
+    files: Sequence[str],
+    bands: Sequence[int],
+    size: int,
+    stride: int,
+    batch_size: int,
+    min_valid_fraction: float,
+    encode: _Encode,
+    parquet: GeoParquetWriter,
+    sink: EmbeddingRasterWriter | None,
+    bar: Any,
+) -> int:
+    """Encode every kept tile of *files* into *parquet* (and *sink*); count skips."""
+    skipped = 0
+    for path in files:
+        for seen, batch in tile_batches(path, bands, size, stride, batch_size):
+            keep = kept(batch, min_valid_fraction)
+            skipped += seen - len(keep)
+            bar.update(seen)
+            if not keep:
+                continue
+            features, maps = encode(keep, sink is not None)
+            parquet.add(path, keep, features, size)
+            if sink is not None and maps is not None:
+                valid = torch.stack([t.valid for t in keep])
+                sink.add([t.row for t in keep], [t.col for t in keep], maps, valid)
+    if not parquet.rows and not parquet.written:
+        where = files[0] if len(files) == 1 else list(files)
+        msg = (
+            f'{where}: no tile of {size} px has a valid fraction >= '
+            f'{min_valid_fraction}; expected some data (lower min_valid_fraction?)'
+        )
+        raise RasterInputError(msg)
+    return skipped
+
+
 @torch.no_grad()
 def embed_geotiffs(
     inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -374,69 +410,53 @@ def embed_geotiffs(
     for name, (value, ok, expected) in problems.items():
         if not ok:
             raise ValueError(f'{name}={value!r}; expected {expected}')
-    stamp = _timestamp(timestamp)
-    files = resolve_raster_paths(inputs)
-    count, indexes = validate_rasters(files, bands, feature_encoder.in_chans)
-    band_list = list(indexes or range(1, count + 1))
-    crs = _check_inputs(files, raster, pca)
-    normalize, source, norm_info = _normalization(files, band_list, entry, mean, std)
-    encode = _Encode(feature_encoder, normalize, size, device)
-    total = sum(math.prod(grid_shape(f, size, step)) for f in files)
-    meta = {
-        'format_version': FORMAT_VERSION,
-        'encoder': feature_encoder.name,
-        'weights': weights if entry is None else str(entry),
-        'pool': pool,
-        'tile_size': size,
-        'stride': step,
-        'input_size': feature_encoder.img_size,
-        'min_valid_fraction': min_valid_fraction,
-        'bands': band_list,
-        'normalization': {'source': source, **norm_info},
-        'grid': 'TorchGeo GriddedPatchSampler: offsets i * stride from the top-left',
-    }
-    bar = tqdm(
-        total=total, unit='tile', desc='embed', file=sys.stderr, disable=not progress
-    )
-    skipped = 0
-    with (
-        rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20),
-        atomic_path(output, '.parquet') as tmp,
-        bar,
-    ):
-        parquet = GeoParquetWriter(tmp, crs, meta, stamp)
-        try:
-            with _raster(
-                raster, files[0], encode, band_list, size, step, pca, pca_fit_tiles,
-                min_valid_fraction, meta,
-            ) as sink:  # fmt: skip
-                for path in files:
-                    for seen, batch in tile_batches(
-                        path, band_list, size, step, batch_size
-                    ):
-                        keep = kept(batch, min_valid_fraction)
-                        skipped += seen - len(keep)
-                        bar.update(seen)
-                        if not keep:
-                            continue
-                        features, maps = encode(keep, sink is not None)
-                        parquet.add(path, keep, features, size)
-                        if sink is not None and maps is not None:
-                            valid = torch.stack([t.valid for t in keep])
-                            rows, cols = [t.row for t in keep], [t.col for t in keep]
-                            sink.add(rows, cols, maps, valid)
-                if not parquet.rows and not parquet.written:
-                    where = files[0] if len(files) == 1 else files
-                    msg = (
-                        f'{where}: no tile of {size} px has a valid fraction >= '
-                        f'{min_valid_fraction}; expected some data (lower '
-                        'min_valid_fraction?)'
-                    )
-                    raise RasterInputError(msg)
-        except BaseException:
-            parquet.abort()
-            raise
-        parquet.close()
+    # one GDAL block cache bound for everything read and written, statistics too
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20):
+        stamp = _timestamp(timestamp)
+        files = resolve_raster_paths(inputs)
+        count, indexes = validate_rasters(files, bands, feature_encoder.in_chans)
+        band_list = list(indexes or range(1, count + 1))
+        crs = _check_inputs(files, raster, pca)
+        normalize, source, norm_info = _normalization(
+            files, band_list, entry, mean, std
+        )
+        encode = _Encode(feature_encoder, normalize, size, device)
+        total = sum(math.prod(grid_shape(f, size, step)) for f in files)
+        meta = {
+            'format_version': FORMAT_VERSION,
+            'encoder': feature_encoder.name,
+            'weights': weights if entry is None else str(entry),
+            'pool': pool,
+            'tile_size': size,
+            'stride': step,
+            'input_size': feature_encoder.img_size,
+            'min_valid_fraction': min_valid_fraction,
+            'bands': band_list,
+            'normalization': {'source': source, **norm_info},
+            'grid': 'TorchGeo GriddedPatchSampler: offsets i * stride from the top-left',
+        }
+        bar = tqdm(
+            total=total,
+            unit='tile',
+            desc='embed',
+            file=sys.stderr,
+            disable=not progress,
+        )
+        with atomic_path(output, '.parquet') as tmp, bar:
+            parquet = GeoParquetWriter(tmp, crs, meta, stamp)
+            try:
+                with _raster(
+                    raster, files[0], encode, band_list, size, step, pca, pca_fit_tiles,
+                    min_valid_fraction, meta,
+                ) as sink:  # fmt: skip
+                    skipped = _embed_files(
+                        files, band_list, size, step, batch_size, min_valid_fraction,
+                        encode, parquet, sink, bar,
+                    )  # fmt: skip
+            except BaseException:
+                parquet.abort()
+                raise
+            parquet.close()
     return EmbedResult(
         output=os.fspath(output),
         raster=None if raster is None else os.fspath(raster),
