@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import kornia.augmentation as K
 import torch
+import torchvision.transforms.v2 as T
 from timm.models import adapt_input_conv
 from torch import Tensor, nn
 from torchvision.models._api import Weights, WeightsEnum
@@ -49,11 +49,11 @@ logger = logging.getLogger(__name__)
 FMOW_RGB_MEAN = (0.4339, 0.4358, 0.4074)
 FMOW_RGB_STD = (0.1983, 0.1925, 0.1945)
 
+# torchvision v2 transforms, as TorchGeo's own entries: they take a tensor (any
+# leading dims) or TorchGeo's sample dict, and export without graph breaks.
 _fmow_rgb_transforms = nn.Sequential(
-    K.Normalize(mean=torch.tensor(0.0), std=torch.tensor(255.0), keepdim=True),
-    K.Normalize(
-        mean=torch.tensor(FMOW_RGB_MEAN), std=torch.tensor(FMOW_RGB_STD), keepdim=True
-    ),
+    T.Normalize(mean=[0.0], std=[255.0]),
+    T.Normalize(mean=list(FMOW_RGB_MEAN), std=list(FMOW_RGB_STD)),
 )
 
 _REPO = 'https://github.com/aicip/Cross-Scale-MAE'
