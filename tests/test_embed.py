@@ -58,6 +58,7 @@ def test_tile_starts_follow_torchgeo_grid() -> None:
     assert tile_starts(64, 32, 32) == [0, 32]
     assert tile_starts(20, 32, 32) == [0]
     assert tile_starts(64, 32, 16) == [0, 16, 32]
+    assert tile_starts(100, 32, 64) == [0, 64]  # TorchGeo's third chip is empty
 
 
 def test_xscale_embed_geoparquet_reads_back(trained, tmp_path: Path, capfd) -> None:

@@ -33,7 +33,9 @@ def tile_starts(length: int, tile_size: int, stride: int) -> list[int]:
 
     Returns:
         ``0, stride, ...``: ``ceil((length - tile_size) / stride) + 1`` offsets (one
-        if ``length <= tile_size``); the last tile may reach past the edge.
+        if ``length <= tile_size``); the last tile may reach past the edge. Offsets at
+        or past *length* (possible when ``stride > tile_size``) hold no pixel and are
+        left out.
 
     Raises:
         ValueError: If *tile_size* or *stride* is below 1.
@@ -41,7 +43,7 @@ def tile_starts(length: int, tile_size: int, stride: int) -> list[int]:
     if tile_size < 1 or stride < 1:
         raise ValueError(f'tile_size={tile_size}, stride={stride}; expected >= 1')
     count = max(0, math.ceil((length - tile_size) / stride)) + 1
-    return [i * stride for i in range(count)]
+    return [i * stride for i in range(count) if i == 0 or i * stride < length]
 
 
 def grid_shape(path: str, tile_size: int, stride: int) -> tuple[int, int]:
