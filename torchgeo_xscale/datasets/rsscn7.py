@@ -13,8 +13,8 @@ licence**. Nothing here downloads or bundles them: fetch them yourself (e.g.
 permitted, and pass the folder as ``root``.
 
 Reference: Q. Zou, L. Ni, T. Zhang, Q. Wang, "Deep Learning Based Feature Selection for
-Remote Sensing Scene Classification", IEEE GRSL 12(11), 2015,
-https://doi.org/10.1109/LGRS.2015.2475299.
+Remote Sensing Scene Classification", IEEE Geoscience and Remote Sensing Letters
+12(11), 2015.
 """
 
 import os
