@@ -15,6 +15,7 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 #: Extra subcommands: name -> ``module:function`` taking the remaining arguments.
 SUBCOMMANDS: dict[str, str] = {
     'demo': 'torchgeo_xscale.demo:main',
+    'embed': 'torchgeo_xscale.embed_cli:main',
     'eval': 'torchgeo_xscale.eval_cli:eval_main',
     'study': 'torchgeo_xscale.eval_cli:study_main',
     'weights': 'torchgeo_xscale.weights_cli:main',

@@ -88,6 +88,28 @@ def _classification_args(parser: argparse.ArgumentParser) -> None:
         '--max-samples', type=int, default=None, help='images per split at most'
     )
     parser.add_argument('--num-workers', type=int, default=0)
+    parser.add_argument(
+        '--protocol',
+        dest='protocol_name',
+        choices=('scales', 'scale-transfer'),
+        default='scales',
+        help='scales: accuracy vs scale ratio (--scales); scale-transfer: fit on '
+        'one scale level of a levelled dataset (rsscn7), test on every level',
+    )
+    parser.add_argument(
+        '--train-levels',
+        type=int,
+        nargs='+',
+        default=None,
+        help='scale-transfer: levels to fit on (default: all)',
+    )
+    parser.add_argument(
+        '--test-levels',
+        type=int,
+        nargs='+',
+        default=None,
+        help='scale-transfer: levels to test on (default: all)',
+    )
 
 
 def _tile_args(parser: argparse.ArgumentParser) -> None:
@@ -186,7 +208,33 @@ def eval_main(argv: Sequence[str] = ()) -> int:
     args = eval_parser().parse_args(list(argv))
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     command = _command('xscale eval', argv)
-    if args.protocol in ('knn', 'linear'):
+    if args.protocol in ('knn', 'linear') and args.protocol_name == 'scale-transfer':
+        from .evaluation.scale_transfer import run_scale_transfer
+
+        rows = run_scale_transfer(
+            args.encoder,
+            args.dataset,
+            args.root,
+            args.output,
+            classifier=args.protocol,
+            weights=args.weights,
+            train_levels=args.train_levels,
+            test_levels=args.test_levels,
+            pool=args.pool,
+            normalize=args.normalize,
+            max_samples=args.max_samples,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            device=args.device,
+            model_kwargs=args.model_kwargs,
+            command=command,
+            **(
+                {'k': args.k, 'temperature': args.temperature}
+                if args.protocol == 'knn'
+                else {'epochs': args.epochs, 'lr': args.lr, 'seed': args.seed}
+            ),
+        )
+    elif args.protocol in ('knn', 'linear'):
         common: dict[str, Any] = dict(
             encoder=args.encoder,
             weights=args.weights,

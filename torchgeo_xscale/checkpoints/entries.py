@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 FMOW_RGB_MEAN = (0.4339, 0.4358, 0.4074)
 FMOW_RGB_STD = (0.1983, 0.1925, 0.1945)
 
+# torchvision v2 transforms, as TorchGeo's own entries: they take a tensor (any
+# leading dims) or TorchGeo's sample dict, and export without graph breaks.
 _fmow_rgb_transforms = nn.Sequential(
     T.Normalize(mean=[0.0], std=[255.0]),
     T.Normalize(mean=list(FMOW_RGB_MEAN), std=list(FMOW_RGB_STD)),

@@ -1,4 +1,4 @@
-"""Datasets: GeoTIFF rasters with validity masks and GSD, fMoW-RGB, the demo's data."""
+"""Datasets: GeoTIFF rasters with validity masks and GSD, fMoW-RGB, RSSCN7, the demo's data."""
 
 from .example_data import fetch_example_rasters
 from .fmow import (
@@ -17,6 +17,7 @@ from .geotiff import (
     compute_band_stats,
     resolve_raster_paths,
 )
+from .rsscn7 import RSSCN7
 
 __all__ = (
     'DEFAULT_INDEX_CACHE',
@@ -24,6 +25,7 @@ __all__ = (
     'FMOW_CATEGORIES',
     'FMOW_RGB_MEAN',
     'FMOW_RGB_STD',
+    'RSSCN7',
     'FMoWInputError',
     'FMoWRGB',
     'GeoTIFFDataset',

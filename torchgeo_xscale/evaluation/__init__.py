@@ -8,6 +8,8 @@ One entry per protocol, each writing CSV + Markdown + a plot:
   MSE/SSIM on GeoTIFF tiles;
 * :func:`run_retrieval` (:mod:`.retrieval`): label-free cross-scale retrieval on
   GeoTIFF tiles;
+* :func:`run_scale_transfer` (:mod:`.scale_transfer`): kNN or linear probe fit on one
+  scale level of a levelled dataset (RSSCN7), tested on every level;
 
 and :func:`run_study` (:mod:`.study`): the equal-budget pretraining study.
 Encoders come from :func:`load_encoder` (:mod:`.encoders`).
@@ -32,6 +34,7 @@ from .reconstruction import (
     run_reconstruction,
 )
 from .retrieval import evaluate_retrieval, retrieval_scores, run_retrieval
+from .scale_transfer import evaluate_scale_transfer, run_scale_transfer
 from .study import StudyConfig, run_study
 
 __all__ = (
@@ -48,6 +51,7 @@ __all__ = (
     'evaluate_linear_probe',
     'evaluate_reconstruction',
     'evaluate_retrieval',
+    'evaluate_scale_transfer',
     'knn_predict',
     'load_encoder',
     'load_geotiff_tiles',
@@ -59,6 +63,7 @@ __all__ = (
     'run_linear_probe',
     'run_reconstruction',
     'run_retrieval',
+    'run_scale_transfer',
     'run_study',
     'train_linear_probe',
 )

@@ -1,7 +1,8 @@
 """Evaluation data: TorchGeo classification datasets, class folders, GeoTIFF tiles.
 
 * :func:`build_classification_dataset`: TorchGeo's ``RESISC45``, ``UCMerced``,
-  ``EuroSAT`` (their own on-disk layouts and split files), and :class:`ClassFolder`
+  ``EuroSAT`` (their own on-disk layouts and split files),
+  :class:`~torchgeo_xscale.datasets.RSSCN7` (all 4 scale levels), and :class:`ClassFolder`
   for WHU-RS19 (not in TorchGeo 0.10) or any ``root/<class>/<image>`` folder. Every
   image is resized to the encoder's input size so that batches stack.
 * :func:`load_geotiff_tiles`: a grid of tiles over GeoTIFFs, optionally only over the
@@ -40,7 +41,14 @@ __all__ = (
 )
 
 #: Names accepted by :func:`build_classification_dataset`.
-CLASSIFICATION_DATASETS = ('resisc45', 'ucmerced', 'eurosat', 'whu-rs19', 'folder')
+CLASSIFICATION_DATASETS = (
+    'resisc45',
+    'ucmerced',
+    'eurosat',
+    'whu-rs19',
+    'rsscn7',
+    'folder',
+)
 
 _RASTER_EXTENSIONS = ('.tif', '.tiff')
 
@@ -168,7 +176,8 @@ def build_classification_dataset(
         size: Encoder input side in pixels.
         bands: EuroSAT band names (default: RGB for a 3-band encoder, else all).
         in_chans: Bands the encoder takes (picks EuroSAT's default bands).
-        train_fraction: Train share of class folders without split folders.
+        train_fraction: Train share of class folders without split folders
+            (RSSCN7 keeps its own 50/50 split of each class and level).
         seed: Seed of that split.
 
     Returns:
@@ -187,6 +196,15 @@ def build_classification_dataset(
         if bands is None:
             bands = EuroSAT.rgb_bands if in_chans == 3 else EuroSAT.all_band_names
         return EuroSAT(os.fspath(root), split, bands=bands, transforms=transform)  # type: ignore[arg-type]
+    if key == 'rsscn7':
+        from ..datasets.rsscn7 import RSSCN7
+
+        return RSSCN7(
+            root,
+            'test' if split == 'val' else split,  # type: ignore[arg-type]
+            seed=seed,
+            transforms=transform,
+        )
     if key in ('whu-rs19', 'folder'):
         nested = os.path.join(os.fspath(root), 'WHU-RS19')
         folder = nested if key == 'whu-rs19' and os.path.isdir(nested) else root

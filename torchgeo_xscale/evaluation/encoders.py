@@ -244,6 +244,10 @@ class FeatureEncoder(nn.Module):
         """
         with torch.no_grad():
             out = self._tokens(images, scale_ratio, gsd)
+        return self._pool(out)
+
+    def _pool(self, out: Tensor | tuple[Tensor, ...] | list[Tensor]) -> Tensor:
+        """``(B, D)`` features of an encoder output (see :meth:`forward`)."""
         if isinstance(out, tuple | list):
             out = out[0]
         if out.ndim == 4:
@@ -258,6 +262,46 @@ class FeatureEncoder(nn.Module):
                 )
             return out[:, 0].float()
         return out[:, prefix:].float().mean(dim=1)
+
+    def forward_with_maps(
+        self, images: Tensor, scale_ratio: float = 1.0, gsd: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Features and the patch-token map of one forward pass.
+
+        Args:
+            images: ``(B, C, S, S)`` normalised images at the encoder's input size.
+            scale_ratio: The scale ratio r of the images (for GSD-aware encoders).
+            gsd: Native GSD per image in metres ``(B,)`` (for GSD-aware encoders).
+
+        Returns:
+            ``(B, D)`` features as :meth:`forward`, and the patch tokens as a map
+            ``(B, D, h, w)`` (row-major patch grid; a CNN's ``(B, D, h, w)`` output
+            as is), or None for an encoder that returns one vector per image.
+
+        Raises:
+            ValueError: If the patch tokens do not form the input's patch grid.
+        """
+        with torch.no_grad():
+            out = self._tokens(images, scale_ratio, gsd)
+        features = self._pool(out)
+        tokens = out[0] if isinstance(out, tuple | list) else out
+        if tokens.ndim == 4:
+            return features, tokens.float()
+        if tokens.ndim != 3:
+            return features, None
+        prefix = int(getattr(self.model, 'num_prefix_tokens', 1))
+        patches = tokens[:, prefix:].float()
+        patch_embed = getattr(self.model, 'patch_embed', None)
+        size = getattr(patch_embed, 'patch_size', None)
+        p = int(size[0]) if size is not None else 0
+        h, w = (images.shape[-2] // p, images.shape[-1] // p) if p else (0, 0)
+        if h * w != patches.shape[1]:
+            msg = (
+                f'{type(self.model).__name__} gave {patches.shape[1]} patch tokens for '
+                f'a {tuple(images.shape[-2:])} input; expected a {h}x{w} patch grid'
+            )
+            raise ValueError(msg)
+        return features, patches.transpose(1, 2).reshape(-1, patches.shape[2], h, w)
 
 
 def _weights_entry(name: str) -> Any:
