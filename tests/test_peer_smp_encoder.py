@@ -209,11 +209,6 @@ def _norms(model: torch.nn.Module) -> list[torch.nn.Module]:
     return norms
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='issue 20 (b): fixed on branch wp-weights (pos_embed a buffer, not a '
-    'frozen parameter)',
-)
 def test_freeze_and_unfreeze_encoder() -> None:
     model = upernet()
 

@@ -21,14 +21,14 @@ from torch import nn
 from torchgeo.models import get_model, get_model_weights, get_weight, list_models
 from torchvision.models._api import WeightsEnum
 
-from torchgeo_xscale.models.convert import save_weights
-from torchgeo_xscale.models.vit import build_vit
-from torchgeo_xscale.models.weights import (
+from torchgeo_xscale.checkpoints import (
     CrossScaleMAEBase16_Weights,
     CrossScaleMAELarge16_Weights,
     crossscalemae_base_patch16,
     crossscalemae_large_patch16,
+    save_weights,
 )
+from torchgeo_xscale.models.vit import build_vit
 
 BUILDERS = [crossscalemae_base_patch16, crossscalemae_large_patch16]
 ENUMS = [CrossScaleMAEBase16_Weights, CrossScaleMAELarge16_Weights]

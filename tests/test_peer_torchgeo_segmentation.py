@@ -229,20 +229,7 @@ def test_freeze_backbone(kind: str) -> None:
     assert all(p.requires_grad for p in model.segmentation_head.parameters())
 
 
-@pytest.mark.parametrize(
-    'kind',
-    [
-        pytest.param(
-            kind,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason='issue 20 (b): fixed on branch wp-weights (the fixed sin-cos '
-                'pos_embed is a frozen parameter of the encoder)',
-            ),
-        )
-        for kind in TASKS
-    ],
-)
+@pytest.mark.parametrize('kind', list(TASKS))
 def test_freeze_decoder(kind: str) -> None:
     model = _task(kind, num_classes=6, freeze_decoder=True).model
     assert all(p.requires_grad is False for p in model.decoder.parameters())
