@@ -58,6 +58,23 @@ def test_standardized_cp_is_two_minus_two_correlation() -> None:
     assert set(stats) == {'cp_target_std', 'cp_pred_std'}
 
 
+def test_instance_norm_target_ignores_shared_components_and_scale() -> None:
+    model = CrossScaleMAE(**TINY_MODEL, cp_target='instance_norm')
+    b, n, d = 2, 16, TINY_MODEL['decoder_embed_dim']
+    feats = torch.randn(2 * b, n, d)
+    loss, _ = model.loss_cp(feats, b, torch.ones(b))
+    moved = feats.clone()
+    moved[:b] = 3 * moved[:b] + 50 * torch.randn(b, 1, d)  # scale + shared vector
+    assert torch.isclose(model.loss_cp(moved, b, torch.ones(b))[0], loss, atol=1e-4)
+    # the literal form is fooled by a shared component: its loss changes
+    literal = CrossScaleMAE(**TINY_MODEL, **PAPER_LITERAL)
+    literal.load_state_dict(model.state_dict())
+    assert not torch.isclose(
+        literal.loss_cp(moved, b, torch.ones(b))[0],
+        literal.loss_cp(feats, b, torch.ones(b))[0],
+    )
+
+
 def test_decoder_norm_target_collapses_with_the_norm() -> None:
     """The literal target is decoder_norm(x): with its weight at 0 every token's
     target is the same vector (the bias), and the collapse signal reads 0."""
@@ -66,7 +83,7 @@ def test_decoder_norm_target_collapses_with_the_norm() -> None:
         model.decoder_norm.weight.zero_()
     out = model(torch.randn(3, 2, 3, 32, 32))
     assert float(out.stats['cp_target_std']) == pytest.approx(0.0, abs=1e-6)
-    free = CrossScaleMAE(**TINY_MODEL, cp_target='standardized')
+    free = CrossScaleMAE(**TINY_MODEL, cp_target='instance_norm')
     with torch.no_grad():
         free.decoder_norm.weight.zero_()
     spread = float(free(torch.randn(3, 2, 3, 32, 32)).stats['cp_target_std'])

@@ -79,9 +79,9 @@ PAPER_LITERAL: dict[str, Any] = {
 }
 
 #: Features compared by L_cp (``cp_target``).
-CP_TARGETS = ('decoder_norm', 'block', 'standardized')
+CP_TARGETS = ('decoder_norm', 'block', 'standardized', 'instance_norm')
 #: Token positions where L_cp counts (``cp_positions``).
-CP_POSITIONS = ('all', 'masked')
+CP_POSITIONS = ('all', 'masked', 'visible')
 
 
 def feature_spread(x: Tensor, token_weight: Tensor | None = None) -> Tensor:
@@ -211,11 +211,17 @@ class CrossScaleMAE(nn.Module):
                 ``decoder_norm`` (output of the decoder's final LayerNorm, the public
                 code's "final decoder features"), ``block`` (output of the last decoder
                 block, before that norm: the paper's "last self-attention block's
-                decoder output") or ``standardized`` (that block output and the
-                prediction each standardised per token, a scale-free comparison).
-            cp_positions: Tokens L_cp counts: ``all`` (paper) or ``masked``, the
+                decoder output"), ``standardized`` (that block output and the
+                prediction each standardised per token) or ``instance_norm`` (each
+                channel of target and prediction normalised over the tokens of its
+                sample, data2vec's target normalisation: what is shared by all
+                tokens is removed, so it cannot satisfy the loss).
+            cp_positions: Tokens L_cp counts: ``all`` (paper), ``masked`` (the
                 positions masked in the low-scale view, where its decoder has to
-                predict the full-scale view's features from context.
+                predict the full-scale view's features from context) or ``visible``
+                (the positions visible in the full-scale view, where its decoder
+                features carry the encoding of a real full-detail patch rather than
+                a mask token's guess).
             temperature: tau of L_cc. The paper does not state it; the public code
                 uses 0.5, kept here.
             cc_pool: Encoder feature for L_cc: ``mean`` of visible tokens (public
@@ -486,8 +492,22 @@ class CrossScaleMAE(nn.Module):
         * ``block``: ``x`` itself;
         * ``standardized``: ``x`` and the prediction each standardised per token
           (zero mean, unit variance over channels), so the loss is
-          ``2 (1 - Pearson correlation)`` per token and no rescaling of features
-          can lower it.
+          ``2 (1 - Pearson correlation)`` per token. Scale-free, but it collapses
+          like ``decoder_norm``: a component shared by all tokens survives the
+          per-token standardisation;
+        * ``instance_norm``: each channel of ``x`` and of the prediction normalised
+          over the tokens of its sample (zero mean, unit variance; data2vec's target
+          normalisation). A component shared by all tokens is removed and the
+          token-to-token variation is rescaled to 1, so neither growing a shared
+          component nor shrinking the features lowers the loss; what is left is
+          predicting how the full-scale view's tokens differ from each other.
+
+        The collapse signal ``cp_target_std`` is comparable between the forms: the
+        spread (:func:`feature_spread`) over the counted tokens of the full-scale
+        view's features before any normalisation over tokens, ``decoder_norm(x)``
+        for the literal form, ``x`` standardised per token for the others (about
+        0.5 at initialisation, 0.3-0.4 after training without L_cp, about 0.1 when
+        collapsed); ``cp_pred_std`` that of the prediction, standardised per token.
 
         Args:
             feats: Last-block decoder features ``(2B, N, D_dec)``, view-major (full
@@ -505,20 +525,35 @@ class CrossScaleMAE(nn.Module):
             signal: near 0 when all tokens share one feature vector.
         """
         assert self.predictor is not None
+        d = feats.shape[-1]
+        with torch.no_grad():
+            high = feats[:b]
+            high = (
+                self.decoder_norm(high)
+                if self.cp_target == 'decoder_norm'
+                else F.layer_norm(high.float(), (d,))
+            )
+            spread = feature_spread(high, token_weight)
         if self.cp_target == 'decoder_norm':
             feats = self.decoder_norm(feats)
         target, low = feats[:b], feats[b : 2 * b]
         if self.cp_stop_grad:
             target = target.detach()
         pred = self.predictor(low)
+        stats = {
+            'cp_target_std': spread,
+            'cp_pred_std': feature_spread(
+                F.layer_norm(pred.detach().float(), (d,)), token_weight
+            ),
+        }
         if self.cp_target == 'standardized':
-            d = pred.shape[-1]
             pred = F.layer_norm(pred.float(), (d,), eps=1e-6)
             target = F.layer_norm(target.float(), (d,), eps=1e-6)
-        stats = {
-            'cp_target_std': feature_spread(target, token_weight),
-            'cp_pred_std': feature_spread(pred, token_weight),
-        }
+        elif self.cp_target == 'instance_norm':
+            # (B, N, D) -> per sample and channel, over the N tokens
+            pred = F.instance_norm(pred.float().transpose(1, 2), eps=1e-6)
+            target = F.instance_norm(target.float().transpose(1, 2), eps=1e-6)
+            pred, target = pred.transpose(1, 2), target.transpose(1, 2)
         if self.cp_negatives:
             loss = info_nce(pred.mean(1), target.mean(1), self.temperature, weight)
             return loss, stats
@@ -623,11 +658,13 @@ class CrossScaleMAE(nn.Module):
                 parts['re'], target = self.loss_re(pred, images, masks, pixel_valid)
                 total = total + w_re * parts['re']
             if self.use_cp:
-                # L_cp at the positions masked in the low-scale view (view 1), or all.
-                low_masked = (
-                    masks.mask[b : 2 * b] if self.cp_positions == 'masked' else None
-                )
-                parts['cp'], stats = self.loss_cp(block_out, b, weight, low_masked)
+                # Token pairs L_cp counts (None: all); see cp_positions.
+                positions = {
+                    'all': None,
+                    'masked': masks.mask[b : 2 * b],  # masked in the low-scale view
+                    'visible': 1.0 - masks.mask[:b],  # visible in the full-scale view
+                }[self.cp_positions]
+                parts['cp'], stats = self.loss_cp(block_out, b, weight, positions)
                 total = total + w_cp * parts['cp']
 
         def by_view(x: Tensor | None) -> Tensor | None:
