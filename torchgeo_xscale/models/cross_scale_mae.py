@@ -79,7 +79,13 @@ PAPER_LITERAL: dict[str, Any] = {
 }
 
 #: Features compared by L_cp (``cp_target``).
-CP_TARGETS = ('decoder_norm', 'block', 'standardized', 'instance_norm')
+CP_TARGETS = (
+    'decoder_norm',
+    'block',
+    'standardized',
+    'instance_norm',
+    'batch_centered',
+)
 #: Token positions where L_cp counts (``cp_positions``).
 CP_POSITIONS = ('all', 'masked', 'visible')
 
@@ -107,6 +113,29 @@ def feature_spread(x: Tensor, token_weight: Tensor | None = None) -> Tensor:
     mean = (flat * w).sum(0) / count.clamp_min(1.0)
     var = ((flat - mean).pow(2) * w).sum(0) / (count - 1.0).clamp_min(1.0)
     return var.sqrt().mean()
+
+
+def batch_center(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
+    """Centre each token position over the batch, then scale each channel to unit std.
+
+    What every sample has at a position (a positional pattern, a component shared
+    by all tokens) is removed; what is left is how the samples differ.
+
+    Args:
+        x: Features ``(B, N, D)``.
+        weight: Per-sample weight ``(B,)``; samples with weight 0 do not enter the
+            statistics.
+        eps: Added to the variance.
+
+    Returns:
+        ``(B, N, D)`` float32.
+    """
+    x = x.float()
+    w = (weight.float() > 0).float().view(-1, 1, 1)
+    count = w.sum().clamp_min(1.0)
+    centred = x - (x * w).sum(0, keepdim=True) / count
+    var = (centred.pow(2) * w).sum((0, 1), keepdim=True) / (count * x.shape[1])
+    return centred / (var + eps).sqrt()
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -215,7 +244,11 @@ class CrossScaleMAE(nn.Module):
                 prediction each standardised per token) or ``instance_norm`` (each
                 channel of target and prediction normalised over the tokens of its
                 sample, data2vec's target normalisation: what is shared by all
-                tokens is removed, so it cannot satisfy the loss).
+                tokens is removed, so it cannot satisfy the loss) or
+                ``batch_centered`` (each token position centred over the batch and
+                each channel scaled to unit std: what all samples share at a
+                position, e.g. a positional pattern, is removed too; the loss of a
+                sample then depends on the others in its process's batch).
             cp_positions: Tokens L_cp counts: ``all`` (paper), ``masked`` (the
                 positions masked in the low-scale view, where its decoder has to
                 predict the full-scale view's features from context) or ``visible``
@@ -502,6 +535,11 @@ class CrossScaleMAE(nn.Module):
           component nor shrinking the features lowers the loss; what is left is
           predicting how the full-scale view's tokens differ from each other.
 
+        * ``batch_centered``: target and prediction each through
+          :func:`batch_center`: positional patterns, which both views share token
+          for token and which make ``instance_norm``'s loss fall to ~0.01, are
+          removed; what is left is how the samples of the batch differ.
+
         The collapse signal ``cp_target_std`` is comparable between the forms: the
         spread (:func:`feature_spread`) over the counted tokens of the full-scale
         view's features before any normalisation over tokens, ``decoder_norm(x)``
@@ -549,6 +587,8 @@ class CrossScaleMAE(nn.Module):
         if self.cp_target == 'standardized':
             pred = F.layer_norm(pred.float(), (d,), eps=1e-6)
             target = F.layer_norm(target.float(), (d,), eps=1e-6)
+        elif self.cp_target == 'batch_centered':
+            pred, target = batch_center(pred, weight), batch_center(target, weight)
         elif self.cp_target == 'instance_norm':
             # (B, N, D) -> per sample and channel, over the N tokens
             pred = F.instance_norm(pred.float().transpose(1, 2), eps=1e-6)
