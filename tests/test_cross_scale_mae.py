@@ -53,7 +53,7 @@ def test_standardized_cp_is_two_minus_two_correlation() -> None:
     )
     assert torch.isclose(loss, (2 - 2 * corr).mean(), atol=1e-4)
     # scale-free: rescaling the features changes nothing in the target's spread
-    _, scaled = model.loss_cp(feats * 0.05, b, torch.ones(b))
+    _, scaled = model.loss_cp(feats * 0.5, b, torch.ones(b))
     assert torch.isclose(scaled['cp_target_std'], stats['cp_target_std'], atol=1e-3)
     assert set(stats) == {'cp_target_std', 'cp_pred_std'}
 
@@ -72,6 +72,23 @@ def test_instance_norm_target_ignores_shared_components_and_scale() -> None:
     assert not torch.isclose(
         literal.loss_cp(moved, b, torch.ones(b))[0],
         literal.loss_cp(feats, b, torch.ones(b))[0],
+    )
+
+
+def test_batch_centered_target_removes_what_samples_share() -> None:
+    model = CrossScaleMAE(**TINY_MODEL, cp_target='batch_centered')
+    b, n, d = 3, 16, TINY_MODEL['decoder_embed_dim']
+    feats = torch.randn(2 * b, n, d)
+    loss, _ = model.loss_cp(feats, b, torch.ones(b))
+    moved = feats.clone()  # a positional pattern shared by the samples, and scale
+    moved[:b] = 2 * moved[:b] + 30 * torch.randn(1, n, d)
+    assert torch.isclose(model.loss_cp(moved, b, torch.ones(b))[0], loss, atol=1e-4)
+    # a sample with weight 0 does not enter the statistics
+    w = torch.tensor([1.0, 1.0, 0.0])
+    junk = feats.clone()
+    junk[2] = junk[b + 2] = 1e3
+    assert torch.isclose(
+        model.loss_cp(junk, b, w)[0], model.loss_cp(feats, b, w)[0], atol=1e-4
     )
 
 

@@ -12,6 +12,10 @@ over the same ground. With ``V = 1`` the model is a plain MAE (set ``loss_cc`` a
 
 Where the paper is silent or the public code departs from it, the choice made here
 is named at the argument (``temperature``, ``projection_dim``, ``predictor``...).
+L_cp departs from the paper by default: read literally (:data:`PAPER_LITERAL`) it
+collapses at small scale, so the default compares instance-normalised features at the
+positions masked in the low-scale view, with a stop-gradient on the full-scale target
+(``cp_target``, ``cp_positions``, ``cp_stop_grad``; evidence in docs/evaluation.md).
 """
 
 from dataclasses import dataclass, field
@@ -190,9 +194,9 @@ class CrossScaleMAE(nn.Module):
         loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
         cc_negatives: bool = True,
         cp_negatives: bool = False,
-        cp_stop_grad: bool = False,
-        cp_target: str = 'decoder_norm',
-        cp_positions: str = 'all',
+        cp_stop_grad: bool = True,
+        cp_target: str = 'instance_norm',
+        cp_positions: str = 'masked',
         temperature: float = 0.5,
         cc_pool: str = 'mean',
         projection_dim: int = 256,
@@ -235,7 +239,9 @@ class CrossScaleMAE(nn.Module):
             cp_negatives: Negatives in the decoder loss: InfoNCE on token-averaged
                 decoder features instead of MSE (Table 6 shows they hurt; off).
             cp_stop_grad: Stop the gradient through the full-scale decoder target of
-                L_cp (SimSiam style; the public code does not).
+                L_cp (SimSiam style; on by default: with gradient on both sides the
+                network makes both views' features trivially predictable; the paper
+                and the public code do not stop it, :data:`PAPER_LITERAL`).
             cp_target: Decoder features L_cp compares (see :meth:`loss_cp`):
                 ``decoder_norm`` (output of the decoder's final LayerNorm, the public
                 code's "final decoder features"), ``block`` (output of the last decoder
@@ -244,14 +250,15 @@ class CrossScaleMAE(nn.Module):
                 prediction each standardised per token) or ``instance_norm`` (each
                 channel of target and prediction normalised over the tokens of its
                 sample, data2vec's target normalisation: what is shared by all
-                tokens is removed, so it cannot satisfy the loss) or
+                tokens is removed, so it cannot satisfy the loss; the default) or
                 ``batch_centered`` (each token position centred over the batch and
                 each channel scaled to unit std: what all samples share at a
                 position, e.g. a positional pattern, is removed too; the loss of a
                 sample then depends on the others in its process's batch).
             cp_positions: Tokens L_cp counts: ``all`` (paper), ``masked`` (the
                 positions masked in the low-scale view, where its decoder has to
-                predict the full-scale view's features from context) or ``visible``
+                predict the full-scale view's features from context; the default)
+                or ``visible``
                 (the positions visible in the full-scale view, where its decoder
                 features carry the encoding of a real full-detail patch rather than
                 a mask token's guess).
@@ -584,6 +591,9 @@ class CrossScaleMAE(nn.Module):
                 F.layer_norm(pred.detach().float(), (d,)), token_weight
             ),
         }
+        if self.cp_negatives:  # token-averaged features, before any normalisation
+            loss = info_nce(pred.mean(1), target.mean(1), self.temperature, weight)
+            return loss, stats
         if self.cp_target == 'standardized':
             pred = F.layer_norm(pred.float(), (d,), eps=1e-6)
             target = F.layer_norm(target.float(), (d,), eps=1e-6)
@@ -594,9 +604,6 @@ class CrossScaleMAE(nn.Module):
             pred = F.instance_norm(pred.float().transpose(1, 2), eps=1e-6)
             target = F.instance_norm(target.float().transpose(1, 2), eps=1e-6)
             pred, target = pred.transpose(1, 2), target.transpose(1, 2)
-        if self.cp_negatives:
-            loss = info_nce(pred.mean(1), target.mean(1), self.temperature, weight)
-            return loss, stats
         return cross_prediction_loss(pred, target, weight, token_weight), stats
 
     def loss_re(

@@ -88,9 +88,9 @@ class CrossScaleMAETask(BaseTask):
         loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
         cc_negatives: bool = True,
         cp_negatives: bool = False,
-        cp_stop_grad: bool = False,
-        cp_target: str = 'decoder_norm',
-        cp_positions: str = 'all',
+        cp_stop_grad: bool = True,
+        cp_target: str = 'instance_norm',
+        cp_positions: str = 'masked',
         temperature: float = 0.5,
         cc_pool: str = 'mean',
         projection_dim: int = 256,
@@ -449,7 +449,7 @@ class CrossScaleMAETask(BaseTask):
                 'L_cp collapse: train_cp_target_std %.4f < cp_collapse_floor %.4f in '
                 'epoch %d (the target decoder features of all tokens are nearly the '
                 'same vector, so L_cp is satisfied without the low-scale view '
-                "predicting anything); try cp_target='standardized'",
+                "predicting anything); the default L_cp (cp_target='instance_norm', cp_positions='masked', cp_stop_grad=True) avoids it",
                 spread,
                 floor,
                 self.current_epoch,
