@@ -128,7 +128,7 @@ def test_bad_cp_options() -> None:
     with pytest.raises(ValueError, match='cp_target'):
         CrossScaleMAE(**TINY_MODEL, cp_target='nope')
     with pytest.raises(ValueError, match='cp_positions'):
-        CrossScaleMAE(**TINY_MODEL, cp_positions='visible')
+        CrossScaleMAE(**TINY_MODEL, cp_positions='nowhere')
 
 
 def test_task_repeats_the_model_signature() -> None:
