@@ -194,20 +194,24 @@ def grads_of(model: CrossScaleMAE, **kwargs) -> set[str]:
             },
         ),
         (
-            {'loss_re': False},
+            {'loss_re': False},  # default L_cp reads the last block, not decoder_norm
             {
                 'encoder',
                 'projection_head',
                 'predictor',
                 'decoder_embed',
                 'decoder_blocks',
-                'decoder_norm',
                 'mask_token',
             },
         ),
         ({'loss_re': False, 'loss_cp': False}, {'encoder', 'projection_head'}),
         (
-            {'cp_stop_grad': True, 'loss_re': False, 'loss_cc': False},
+            {
+                'cp_stop_grad': True,
+                'cp_target': 'decoder_norm',
+                'loss_re': False,
+                'loss_cc': False,
+            },
             {
                 'encoder',
                 'predictor',
@@ -256,8 +260,8 @@ def test_ablation_switches_change_gradients(switches: dict, expected: set[str]) 
 def test_cp_stop_grad_blocks_full_view_path() -> None:
     """With stop-grad, L_cp alone gives no gradient to the full-scale decoder path
     through its target: only the low view's features move."""
-    kwargs = {**TINY, 'loss_re': False, 'loss_cc': False}
-    free = CrossScaleMAE(**kwargs)
+    kwargs = {**TINY, 'loss_re': False, 'loss_cc': False, 'cp_target': 'decoder_norm'}
+    free = CrossScaleMAE(**kwargs, cp_stop_grad=False)
     stopped = CrossScaleMAE(**kwargs, cp_stop_grad=True)
     stopped.load_state_dict(free.state_dict())
     torch.manual_seed(0)

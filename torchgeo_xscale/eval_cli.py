@@ -331,14 +331,18 @@ def study_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument('--holdout-fraction', type=float, default=d.holdout_fraction)
     parser.add_argument('--eval-stride', type=int, default=d.eval_stride)
+    parser.add_argument(
+        '--max-tiles-per-raster', type=int, default=d.max_tiles_per_raster
+    )
     parser.add_argument('--scales', type=float, nargs='+', default=list(d.scales))
     parser.add_argument('--repeats', type=int, default=d.repeats)
     parser.add_argument(
         '--methods',
         nargs='+',
         choices=[*METHODS, *ABLATIONS],
-        default=list(METHODS),
-        help='methods to train (xscale_re_cc / xscale_re_cp: loss ablations)',
+        default=list(d.methods),
+        help='methods to train (xscale_paper: the paper read literally; xscale_re*: '
+        'loss ablations; xscale_crop: crop views)',
     )
     parser.add_argument(
         '--model-kwargs',
@@ -347,7 +351,13 @@ def study_parser() -> argparse.ArgumentParser:
         help='JSON overriding the ViT settings (e.g. larger models)',
     )
     parser.add_argument(
-        '--data', default=d.data, help='cache folder of the example rasters'
+        '--data', default=d.data, help='cache folder of the study rasters'
+    )
+    parser.add_argument(
+        '--rasters',
+        nargs='+',
+        default=None,
+        help='GeoTIFFs to use instead of the study rasters (all bands)',
     )
     parser.add_argument('--output', default=d.output)
     parser.add_argument('--num-workers', type=int, default=d.num_workers)
@@ -380,10 +390,12 @@ def study_main(argv: Sequence[str] = ()) -> int:
         scale_range=tuple(args.scale_range),
         holdout_fraction=args.holdout_fraction,
         eval_stride=args.eval_stride,
+        max_tiles_per_raster=args.max_tiles_per_raster,
         scales=tuple(args.scales),
         repeats=args.repeats,
         methods=tuple(args.methods),
         data=args.data,
+        rasters=args.rasters,
         output=args.output,
         num_workers=args.num_workers,
         accelerator=args.accelerator,

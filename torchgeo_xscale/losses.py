@@ -126,7 +126,10 @@ def info_nce(
 
 
 def cross_prediction_loss(
-    prediction: Tensor, target: Tensor, weight: Tensor | None = None
+    prediction: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    token_weight: Tensor | None = None,
 ) -> Tensor:
     """MSE between predicted and target token features (positives only).
 
@@ -134,12 +137,20 @@ def cross_prediction_loss(
         prediction: ``g_p(f_low)`` ``(B, N, D)``.
         target: ``f_high`` ``(B, N, D)``.
         weight: Optional per-sample weight ``(B,)``.
+        token_weight: Optional per-token weight ``(B, N)`` (e.g. 1 on the positions
+            masked in the low-scale view); a sample's error is averaged over its
+            counted tokens.
 
     Returns:
         Scalar loss: weighted mean over samples of the per-token squared error
-        averaged over tokens and channels.
+        averaged over (counted) tokens and channels.
     """
-    per_sample = (prediction.float() - target.float()).pow(2).mean(dim=(1, 2))
+    per_token = (prediction.float() - target.float()).pow(2).mean(dim=-1)
+    if token_weight is None:
+        per_sample = per_token.mean(dim=1)
+    else:
+        tw = token_weight.to(per_token.dtype)
+        per_sample = (per_token * tw).sum(1) / tw.sum(1).clamp_min(1e-6)
     if weight is None:
         return per_sample.mean()
     return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)

@@ -12,6 +12,10 @@ over the same ground. With ``V = 1`` the model is a plain MAE (set ``loss_cc`` a
 
 Where the paper is silent or the public code departs from it, the choice made here
 is named at the argument (``temperature``, ``projection_dim``, ``predictor``...).
+L_cp departs from the paper by default: read literally (:data:`PAPER_LITERAL`) it
+collapses at small scale, so the default compares instance-normalised features at the
+positions masked in the low-scale view, with a stop-gradient on the full-scale target
+(``cp_target``, ``cp_positions``, ``cp_stop_grad``; evidence in docs/evaluation.md).
 """
 
 from dataclasses import dataclass, field
@@ -19,6 +23,7 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..losses import (
@@ -49,6 +54,8 @@ class CrossScaleMAEOutput:
         pred: Predicted patches ``(B, V, N, P*P*C)`` (None without a pixel head).
         mask: ``(B, V, N)``, 1 on masked patches.
         target: Target patches ``(B, V, N, P*P*C)``.
+        stats: Detached diagnostics, e.g. ``cp_target_std`` and ``cp_pred_std``
+            (see :meth:`CrossScaleMAE.loss_cp`): the collapse signal of L_cp.
     """
 
     loss: Tensor
@@ -56,6 +63,83 @@ class CrossScaleMAEOutput:
     pred: Tensor | None = None
     mask: Tensor | None = None
     target: Tensor | None = None
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+#: The paper's losses read literally (Eqs. 1-6 with the public code's tau): L_cp as
+#: the MSE between g_p(f_d,l) and f_d,h, the decoder's final (``decoder_norm``)
+#: features of every token, both sides with gradient; InfoNCE with negatives and
+#: tau = 0.5 for L_cc; the three losses summed. Pass as keyword arguments to
+#: :class:`CrossScaleMAE` or :class:`~torchgeo_xscale.tasks.CrossScaleMAETask`
+#: (``configs/pretrain/xscale_paper_literal_tiny.yaml`` sets the same).
+PAPER_LITERAL: dict[str, Any] = {
+    'cp_target': 'decoder_norm',
+    'cp_positions': 'all',
+    'cp_stop_grad': False,
+    'cp_negatives': False,
+    'cc_negatives': True,
+    'temperature': 0.5,
+    'loss_weights': (1.0, 1.0, 1.0),
+}
+
+#: Features compared by L_cp (``cp_target``).
+CP_TARGETS = (
+    'decoder_norm',
+    'block',
+    'standardized',
+    'instance_norm',
+    'batch_centered',
+)
+#: Token positions where L_cp counts (``cp_positions``).
+CP_POSITIONS = ('all', 'masked', 'visible')
+
+
+def feature_spread(x: Tensor, token_weight: Tensor | None = None) -> Tensor:
+    """Collapse signal: per-channel std across tokens and samples, channel mean.
+
+    0 when every token of every sample has the same feature vector (a collapsed
+    target), about 1 for standardised features that vary freely.
+
+    Args:
+        x: Features ``(B, N, D)``.
+        token_weight: Optional ``(B, N)``; only tokens with weight > 0 count.
+
+    Returns:
+        Scalar (detached, float32).
+    """
+    flat = x.detach().float().reshape(-1, x.shape[-1])
+    if token_weight is None:
+        w = flat.new_ones(flat.shape[0], 1)
+    else:
+        w = (token_weight.detach().reshape(-1, 1) > 0).to(flat.dtype)
+    # Weighted, not indexed: no data-dependent shape, no host-device sync.
+    count = w.sum()
+    mean = (flat * w).sum(0) / count.clamp_min(1.0)
+    var = ((flat - mean).pow(2) * w).sum(0) / (count - 1.0).clamp_min(1.0)
+    return var.sqrt().mean()
+
+
+def batch_center(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
+    """Centre each token position over the batch, then scale each channel to unit std.
+
+    What every sample has at a position (a positional pattern, a component shared
+    by all tokens) is removed; what is left is how the samples differ.
+
+    Args:
+        x: Features ``(B, N, D)``.
+        weight: Per-sample weight ``(B,)``; samples with weight 0 do not enter the
+            statistics.
+        eps: Added to the variance.
+
+    Returns:
+        ``(B, N, D)`` float32.
+    """
+    x = x.float()
+    w = (weight.float() > 0).float().view(-1, 1, 1)
+    count = w.sum().clamp_min(1.0)
+    centred = x - (x * w).sum(0, keepdim=True) / count
+    var = (centred.pow(2) * w).sum((0, 1), keepdim=True) / (count * x.shape[1])
+    return centred / (var + eps).sqrt()
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -113,7 +197,9 @@ class CrossScaleMAE(nn.Module):
         loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
         cc_negatives: bool = True,
         cp_negatives: bool = False,
-        cp_stop_grad: bool = False,
+        cp_stop_grad: bool = True,
+        cp_target: str = 'instance_norm',
+        cp_positions: str = 'masked',
         temperature: float = 0.5,
         cc_pool: str = 'mean',
         projection_dim: int = 256,
@@ -156,7 +242,29 @@ class CrossScaleMAE(nn.Module):
             cp_negatives: Negatives in the decoder loss: InfoNCE on token-averaged
                 decoder features instead of MSE (Table 6 shows they hurt; off).
             cp_stop_grad: Stop the gradient through the full-scale decoder target of
-                L_cp (the public code does not; off).
+                L_cp (SimSiam style; on by default: with gradient on both sides the
+                network makes both views' features trivially predictable; the paper
+                and the public code do not stop it, :data:`PAPER_LITERAL`).
+            cp_target: Decoder features L_cp compares (see :meth:`loss_cp`):
+                ``decoder_norm`` (output of the decoder's final LayerNorm, the public
+                code's "final decoder features"), ``block`` (output of the last decoder
+                block, before that norm: the paper's "last self-attention block's
+                decoder output"), ``standardized`` (that block output and the
+                prediction each standardised per token) or ``instance_norm`` (each
+                channel of target and prediction normalised over the tokens of its
+                sample, data2vec's target normalisation: what is shared by all
+                tokens is removed, so it cannot satisfy the loss; the default) or
+                ``batch_centered`` (each token position centred over the batch and
+                each channel scaled to unit std: what all samples share at a
+                position, e.g. a positional pattern, is removed too; the loss of a
+                sample then depends on the others in its process's batch).
+            cp_positions: Tokens L_cp counts: ``all`` (paper), ``masked`` (the
+                positions masked in the low-scale view, where its decoder has to
+                predict the full-scale view's features from context; the default)
+                or ``visible``
+                (the positions visible in the full-scale view, where its decoder
+                features carry the encoding of a real full-detail patch rather than
+                a mask token's guess).
             temperature: tau of L_cc. The paper does not state it; the public code
                 uses 0.5, kept here.
             cc_pool: Encoder feature for L_cc: ``mean`` of visible tokens (public
@@ -183,6 +291,12 @@ class CrossScaleMAE(nn.Module):
         if view_masks not in ('independent', 'consistent'):
             msg = f"view_masks={view_masks!r}; expected 'independent' or 'consistent'"
             raise ValueError(msg)
+        if cp_target not in CP_TARGETS:
+            msg = f'cp_target={cp_target!r}; expected one of {list(CP_TARGETS)}'
+            raise ValueError(msg)
+        if cp_positions not in CP_POSITIONS:
+            msg = f'cp_positions={cp_positions!r}; expected one of {list(CP_POSITIONS)}'
+            raise ValueError(msg)
         if cc_pool not in ('mean', 'cls'):
             msg = f"cc_pool={cc_pool!r}; expected 'mean' or 'cls'"
             raise ValueError(msg)
@@ -204,6 +318,7 @@ class CrossScaleMAE(nn.Module):
         self.loss_weights = tuple(float(w) for w in loss_weights)
         self.cc_negatives, self.cp_negatives = cc_negatives, cp_negatives
         self.cp_stop_grad = cp_stop_grad
+        self.cp_target, self.cp_positions = cp_target, cp_positions
         self.temperature = temperature
         self.cc_pool = cc_pool
         self.patch_size = patch_size
@@ -335,7 +450,11 @@ class CrossScaleMAE(nn.Module):
 
     # ------------------------------------------------------------------ decoder
     def forward_decoder(
-        self, latent: Tensor, masks: MaskInfo, gsd: Tensor | None = None
+        self,
+        latent: Tensor,
+        masks: MaskInfo,
+        gsd: Tensor | None = None,
+        prenorm: bool = False,
     ) -> Tensor:
         """Light decoder: visible latents plus mask tokens, in patch order.
 
@@ -343,6 +462,7 @@ class CrossScaleMAE(nn.Module):
             latent: Encoder output ``(M, 1 + N_vis, D)``.
             masks: The masks used by the encoder.
             gsd: GSD per image ``(M,)`` (for GSD positional embeddings).
+            prenorm: Return the last block's output, before ``decoder_norm``.
 
         Returns:
             Final decoder features of the patch tokens ``(M, N, D_dec)``.
@@ -364,7 +484,7 @@ class CrossScaleMAE(nn.Module):
         ids = torch.arange(n, device=x.device).expand(m, -1)
         pos = grid_positions(ids, self.grid[1], num_prefix=1)
         x = run_blocks(self.decoder_blocks, x, pos, self.grad_checkpointing)
-        return self.decoder_norm(x)[:, 1:]
+        return x[:, 1:] if prenorm else self.decoder_norm(x)[:, 1:]
 
     # ------------------------------------------------------------------ losses
     def pool_encoder(self, latent: Tensor) -> Tensor:
@@ -396,25 +516,101 @@ class CrossScaleMAE(nn.Module):
         z_h, z_l = z[:b], z[b : 2 * b]
         return info_nce(z_l, z_h, self.temperature, weight, negatives=self.cc_negatives)
 
-    def loss_cp(self, feats: Tensor, b: int, weight: Tensor) -> Tensor:
+    def loss_cp(
+        self,
+        feats: Tensor,
+        b: int,
+        weight: Tensor,
+        token_weight: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """L_cp: g_p(low-scale decoder features) predicts the full-scale ones.
 
+        ``feats`` are the last decoder block's outputs (before ``decoder_norm``) of
+        both views, token-aligned: token ``j`` of ``feats[k]`` and of
+        ``feats[b + k]`` lie over the same ground (same-footprint views). Which
+        features are compared is ``cp_target``:
+
+        * ``decoder_norm``: ``decoder_norm(x)``, the paper/public code read literally.
+          Degenerate at small scale: the decoder grows a component shared by all
+          tokens, the normalised features of all tokens become nearly the same
+          vector and L_cp falls to ~0.01 in a few dozen steps (the collapse signal
+          ``cp_target_std`` drops to ~0.1), without the low view predicting much;
+        * ``block``: ``x`` itself;
+        * ``standardized``: ``x`` and the prediction each standardised per token
+          (zero mean, unit variance over channels), so the loss is
+          ``2 (1 - Pearson correlation)`` per token. Scale-free, but it collapses
+          like ``decoder_norm``: a component shared by all tokens survives the
+          per-token standardisation;
+        * ``instance_norm``: each channel of ``x`` and of the prediction normalised
+          over the tokens of its sample (zero mean, unit variance; data2vec's target
+          normalisation). A component shared by all tokens is removed and the
+          token-to-token variation is rescaled to 1, so neither growing a shared
+          component nor shrinking the features lowers the loss; what is left is
+          predicting how the full-scale view's tokens differ from each other.
+
+        * ``batch_centered``: target and prediction each through
+          :func:`batch_center`: positional patterns, which both views share token
+          for token and which make ``instance_norm``'s loss fall to ~0.01, are
+          removed; what is left is how the samples of the batch differ.
+
+        The collapse signal ``cp_target_std`` is comparable between the forms: the
+        spread (:func:`feature_spread`) over the counted tokens of the full-scale
+        view's features before any normalisation over tokens, ``decoder_norm(x)``
+        for the literal form, ``x`` standardised per token for the others (about
+        0.5 at initialisation, 0.3-0.4 after training without L_cp, about 0.1 when
+        collapsed); ``cp_pred_std`` that of the prediction, standardised per token.
+
         Args:
-            feats: Decoder features of both views ``(2B, N, D_dec)``, view-major.
+            feats: Last-block decoder features ``(2B, N, D_dec)``, view-major (full
+                scale first), token-aligned between the views.
             b: B.
             weight: Per-sample weight ``(B,)``.
+            token_weight: Optional ``(B, N)`` weight of each token pair (e.g. 1 on
+                the positions masked in the low-scale view, ``cp_positions``, and 0
+                on positions a partial decoder did not decode); None counts all.
 
         Returns:
-            Scalar loss.
+            The scalar loss and detached diagnostics: ``cp_target_std`` and
+            ``cp_pred_std``, the per-channel std of target and prediction across the
+            counted tokens of the batch (see :func:`feature_spread`), the collapse
+            signal: near 0 when all tokens share one feature vector.
         """
         assert self.predictor is not None
+        d = feats.shape[-1]
+        with torch.no_grad():
+            high = feats[:b]
+            high = (
+                self.decoder_norm(high)
+                if self.cp_target == 'decoder_norm'
+                else F.layer_norm(high.float(), (d,))
+            )
+            spread = feature_spread(high, token_weight)
+        if self.cp_target == 'decoder_norm':
+            feats = self.decoder_norm(feats)
         target, low = feats[:b], feats[b : 2 * b]
         if self.cp_stop_grad:
             target = target.detach()
         pred = self.predictor(low)
-        if self.cp_negatives:
-            return info_nce(pred.mean(1), target.mean(1), self.temperature, weight)
-        return cross_prediction_loss(pred, target, weight)
+        stats = {
+            'cp_target_std': spread,
+            'cp_pred_std': feature_spread(
+                F.layer_norm(pred.detach().float(), (d,)), token_weight
+            ),
+        }
+        if self.cp_negatives:  # token-averaged features, before any normalisation
+            loss = info_nce(pred.mean(1), target.mean(1), self.temperature, weight)
+            return loss, stats
+        if self.cp_target == 'standardized':
+            pred = F.layer_norm(pred.float(), (d,), eps=1e-6)
+            target = F.layer_norm(target.float(), (d,), eps=1e-6)
+        elif self.cp_target == 'batch_centered':
+            pred, target = batch_center(pred, weight), batch_center(target, weight)
+        elif self.cp_target == 'instance_norm':
+            # (B, N, D) -> per sample and channel, over the N tokens
+            pred = F.instance_norm(pred.float().transpose(1, 2), eps=1e-6)
+            target = F.instance_norm(target.float().transpose(1, 2), eps=1e-6)
+            pred, target = pred.transpose(1, 2), target.transpose(1, 2)
+        return cross_prediction_loss(pred, target, weight, token_weight), stats
 
     def loss_re(
         self, pred: Tensor, images: Tensor, masks: MaskInfo, pixel_valid: Tensor
@@ -506,15 +702,22 @@ class CrossScaleMAE(nn.Module):
         if self.use_cc:
             parts['cc'] = self.loss_cc(latent, b, weight)
             total = total + w_cc * parts['cc']
+        stats: dict[str, Tensor] = {}
         if self.has_decoder:
-            feats = self.forward_decoder(latent, masks, flat_gsd)
+            block_out = self.forward_decoder(latent, masks, flat_gsd, prenorm=True)
             if self.use_re:
                 assert self.decoder_pred is not None
-                pred = self.decoder_pred(feats)
+                pred = self.decoder_pred(self.decoder_norm(block_out))
                 parts['re'], target = self.loss_re(pred, images, masks, pixel_valid)
                 total = total + w_re * parts['re']
             if self.use_cp:
-                parts['cp'] = self.loss_cp(feats, b, weight)
+                # Token pairs L_cp counts (None: all); see cp_positions.
+                positions = {
+                    'all': None,
+                    'masked': masks.mask[b : 2 * b],  # masked in the low-scale view
+                    'visible': 1.0 - masks.mask[:b],  # visible in the full-scale view
+                }[self.cp_positions]
+                parts['cp'], stats = self.loss_cp(block_out, b, weight, positions)
                 total = total + w_cp * parts['cp']
 
         def by_view(x: Tensor | None) -> Tensor | None:
@@ -526,4 +729,5 @@ class CrossScaleMAE(nn.Module):
             pred=by_view(pred),
             mask=by_view(masks.mask),
             target=by_view(target),
+            stats=stats,
         )

@@ -19,6 +19,11 @@ from ..models.cross_scale_mae import CrossScaleMAE, CrossScaleMAEOutput
 
 logger = logging.getLogger(__name__)
 
+#: Default floor of ``train_cp_target_std`` (per-channel std of L_cp's target
+#: features across tokens and samples; about 1 when the features vary freely, about
+#: 0.1 for the collapsed target of the paper-literal L_cp at the study's scale).
+COLLAPSE_FLOOR = 0.2
+
 #: Task arguments that are CrossScaleMAE's constructor arguments.
 MODEL_ARGS = tuple(inspect.signature(CrossScaleMAE.__init__).parameters)[1:]
 
@@ -83,7 +88,9 @@ class CrossScaleMAETask(BaseTask):
         loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
         cc_negatives: bool = True,
         cp_negatives: bool = False,
-        cp_stop_grad: bool = False,
+        cp_stop_grad: bool = True,
+        cp_target: str = 'instance_norm',
+        cp_positions: str = 'masked',
         temperature: float = 0.5,
         cc_pool: str = 'mean',
         projection_dim: int = 256,
@@ -106,6 +113,7 @@ class CrossScaleMAETask(BaseTask):
         log_image_every_n_steps: int = 500,
         nonfinite: str = 'raise',
         max_nonfinite_skips: int = 10,
+        cp_collapse_floor: float = COLLAPSE_FLOOR,
         seed: int = 0,
     ) -> None:
         """Initialise the task.
@@ -137,6 +145,9 @@ class CrossScaleMAETask(BaseTask):
             cc_negatives: Negatives in L_cc.
             cp_negatives: Negatives in L_cp.
             cp_stop_grad: Stop-gradient on the L_cp target.
+            cp_target: Features L_cp compares (``decoder_norm``, ``block`` or
+                ``standardized``).
+            cp_positions: Tokens L_cp counts (``all`` or ``masked``).
             temperature: InfoNCE temperature.
             cc_pool: ``mean`` or ``cls``.
             projection_dim: g_f output size (0: no head).
@@ -167,6 +178,10 @@ class CrossScaleMAETask(BaseTask):
                 host-device sync) or ``skip`` (warn and skip the step, at most
                 *max_nonfinite_skips* times; reads the loss every step).
             max_nonfinite_skips: Skips allowed before raising anyway.
+            cp_collapse_floor: Floor of the L_cp collapse signal: at the end of
+                every training epoch, if the epoch mean of ``train_cp_target_std``
+                (logged every step) is below it, a warning says that L_cp's target
+                features have collapsed (0 disables the check).
             seed: Seed of the masks, drawn per step from (seed, rank, step), so that
                 a resumed run is exact.
 
@@ -328,6 +343,15 @@ class CrossScaleMAETask(BaseTask):
                 batch_size=b,
                 sync_dist=not on_step,
             )
+        for name, value in out.stats.items():  # the collapse signal of L_cp
+            self.log(
+                f'{stage}_{name}',
+                value,
+                on_step=on_step,
+                on_epoch=True,
+                batch_size=b,
+                sync_dist=not on_step,
+            )
         if 'sample_weight' in batch:
             skipped = 1.0 - batch['sample_weight'].float().mean()
             self.log(
@@ -404,6 +428,28 @@ class CrossScaleMAETask(BaseTask):
     def on_train_end(self) -> None:
         """Check the last step's loss."""
         self._check_pending()
+
+    def on_train_epoch_end(self) -> None:
+        """Warn if L_cp's target features collapsed during the epoch.
+
+        Reads the epoch mean of ``train_cp_target_std`` (one host-device sync per
+        epoch, none per step) and compares it with ``cp_collapse_floor``.
+        """
+        floor = self.hparams['cp_collapse_floor']
+        value = self.trainer.callback_metrics.get('train_cp_target_std_epoch')
+        if not floor or value is None:
+            return
+        spread = float(value)
+        if spread < floor:
+            logger.warning(
+                'L_cp collapse: train_cp_target_std %.4f < cp_collapse_floor %.4f in '
+                'epoch %d (the target decoder features of all tokens are nearly the '
+                'same vector, so L_cp is satisfied without the low-scale view '
+                "predicting anything); the default L_cp (cp_target='instance_norm', cp_positions='masked', cp_stop_grad=True) avoids it",
+                spread,
+                floor,
+                self.current_epoch,
+            )
 
     def training_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
