@@ -30,7 +30,6 @@ TINY = TINY_MODEL
 
 
 def dataset(paths, tmp_path: Path, **kwargs) -> GeoTIFFDataset:
-    kwargs.setdefault('stats_cache', tmp_path / 'stats')
     return GeoTIFFDataset(paths, **kwargs)
 
 
@@ -111,8 +110,9 @@ def test_no_rasters_in_folder(tmp_path) -> None:
 
 
 def test_wrong_stats_length(utm_raster, tmp_path) -> None:
+    dm = datamodule(utm_raster, tmp_path, mean=[0.0, 0.0], std=[1.0, 1.0])
     with pytest.raises(RasterInputError, match='mean: has 2 values; expected 3'):
-        dataset(utm_raster, tmp_path, mean=[0.0, 0.0], std=[1.0, 1.0])
+        dm.setup('fit')
 
 
 def test_raster_smaller_than_patch(make_geotiff, tmp_path) -> None:
