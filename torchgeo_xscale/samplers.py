@@ -62,8 +62,8 @@ def grid_tiles(
 ) -> list[tuple[slice, slice]]:
     """A grid of whole tiles on *dataset*'s pixel grid, the last one flush with each edge.
 
-    The grid starts at the region's first whole pixel of the dataset's grid (whose
-    origin is the corner of the dataset's bounds) and, as TorchGeo's
+    The grid starts at the region's top-left whole pixel of the dataset's grid
+    (whose origin is the top-left corner of the dataset's bounds) and, as TorchGeo's
     :class:`~torchgeo.samplers.GridGeoSampler` does, ends with a tile flush with the
     far edge, so every tile lies inside the region, no tile is resampled and the
     region is covered. Tiles that miss the dataset's footprint are left out.
@@ -80,13 +80,13 @@ def grid_tiles(
     x, y, _ = dataset.bounds
     xmin, ymin, xmax, ymax = bounds or (x.start, y.start, x.stop, y.stop)
     cols = _starts((xmin - x.start) / xres, (xmax - x.start) / xres, size)
-    rows = _starts((ymin - y.start) / yres, (ymax - y.start) / yres, size)
+    rows = _starts((y.stop - ymax) / yres, (y.stop - ymin) / yres, size)  # from the top
     footprint = dataset.index.geometry.union_all()
     tiles = []
-    for row in reversed(rows):
+    for row in rows:
         for col in cols:
-            x0, y0 = x.start + col * xres, y.start + row * yres
-            tile = (slice(x0, x0 + size * xres), slice(y0, y0 + size * yres))
+            x0, y1 = x.start + col * xres, y.stop - row * yres
+            tile = (slice(x0, x0 + size * xres), slice(y1 - size * yres, y1))
             box = shapely.box(tile[0].start, tile[1].start, tile[0].stop, tile[1].stop)
             if footprint.intersects(box) and not footprint.touches(box):
                 tiles.append(tile)
@@ -201,7 +201,10 @@ class GroupedPatchSampler(DistributedSampler):  # type: ignore[type-arg]
             if value < 1:
                 raise ValueError(f'{name}={value} is invalid; expected >= 1')
         super().__init__(
-            range(length), num_replicas=num_replicas, rank=rank, shuffle=False
+            range(length),  # type: ignore[arg-type]  # only its length is used
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=False,
         )
         raw = [s.capacity for s in samplers] if weights is None else list(weights)
         if len(raw) != len(samplers) or min(raw) < 0 or sum(raw) <= 0:
@@ -359,7 +362,7 @@ class ResumableDataLoader(DataLoader):  # type: ignore[type-arg]
     data loader with an empty state.
     """
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         """Iterate the batches from the sampler's position.
 
         Returns:

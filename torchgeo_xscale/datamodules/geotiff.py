@@ -202,6 +202,7 @@ class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
         self.dataset: GroupedGeoTIFFDataset | None = None  # type: ignore[assignment]
         self._given_stats = (mean, std)
         self._file_stats: list[FileStats] | None = None
+        self._sampler_state: dict[str, Any] | None = None
         self._init_views(
             img_size,
             min_valid_fraction,
@@ -366,7 +367,7 @@ class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
         values = []
         for group, where in sampler.epoch_tiles(0, count=20_000):
             dataset = cast(GroupedGeoTIFFDataset, self.train_dataset).datasets[group]
-            y = where[1]
+            y: slice = where[1]  # type: ignore[index, misc]
             lat = (y.start + y.stop) / 2 if dataset.ground_units.geographic else None
             values.append(dataset.ground_units.gsd(*dataset.res, lat))
         return {
@@ -423,21 +424,26 @@ class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
             self.val_dataset = GroupedGeoTIFFDataset(val_sets)
             self.val_sampler = val_tiles  # type: ignore[assignment]
         if stage == 'fit':
-            sampler = self.train_sampler
+            current: Any = self.train_sampler
             if (
-                not isinstance(sampler, GroupedPatchSampler)
-                or (
-                    sampler.rank,
-                    sampler.num_replicas,
+                isinstance(current, GroupedPatchSampler)
+                and (
+                    current.rank,
+                    current.num_replicas,
                 )
-                != self._world()
+                == self._world()
             ):
+                sampler = current  # set up before (e.g. fit, then fit again)
+            else:
                 assert self.train_dataset is not None
                 datasets = cast(GroupedGeoTIFFDataset, self.train_dataset).datasets
                 sampler = self._train_sampler(datasets)
                 self.train_sampler = sampler  # type: ignore[assignment]
                 self.gsd_range = self._gsd_range(sampler)
                 self._log_plan(sampler)
+            if self._sampler_state is not None:
+                sampler.load_state_dict(self._sampler_state)
+                self._sampler_state = None
             self._batches_per_epoch = sampler.batches_per_epoch
         if stage in ('test', 'predict'):
             self.test_dataset = self.predict_dataset = self.dataset
@@ -447,6 +453,37 @@ class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
                 for where in grid_tiles(dataset, self.patch_size)
             ]
             self.test_sampler = self.predict_sampler = tiles  # type: ignore[assignment]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training sampler's position (Lightning saves it in checkpoints).
+
+        The same state is saved through the
+        :class:`~torchgeo_xscale.samplers.ResumableDataLoader`; Lightning restores
+        the datamodule's before the first batch is fetched in every case (the data
+        loader's only when the loader is created after the checkpoint is loaded,
+        which ``estimated_stepping_batches`` in ``configure_optimizers`` prevents).
+
+        Returns:
+            ``{'train_sampler': ...}``, or ``{}`` before ``setup('fit')``.
+        """
+        sampler = self.train_sampler
+        if isinstance(sampler, GroupedPatchSampler):
+            return {'train_sampler': sampler.state_dict()}
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the training tiles where the checkpoint left them.
+
+        Args:
+            state_dict: A :meth:`state_dict` (applied now, or in ``setup('fit')``).
+        """
+        state = state_dict.get('train_sampler')
+        if state is None:
+            return
+        if isinstance(self.train_sampler, GroupedPatchSampler):
+            self.train_sampler.load_state_dict(state)
+        else:
+            self._sampler_state = dict(state)
 
     def _log_plan(self, sampler: GroupedPatchSampler) -> None:
         """Log the groups, their share of the tiles and the view GSDs a run sees."""

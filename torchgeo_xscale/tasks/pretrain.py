@@ -327,6 +327,22 @@ class CrossScaleMAETask(BaseTask):
         """Restart the validation mask sequence."""
         self._val_batches = 0
 
+    def on_train_start(self) -> None:
+        """Keep the epoch count when resuming an epoch-end checkpoint with ``max_steps``.
+
+        A checkpoint written at the end of an epoch records it as processed, not
+        yet completed. With ``max_steps`` set, Lightning 2.6 restarts such a
+        checkpoint as unfinished: it finishes that epoch a second time (with no
+        batch) and counts it as processed again, so a run that also has
+        ``max_epochs`` stops one epoch, and its steps, early. Un-counting the
+        epoch here makes the second finish count it once.
+        """
+        loop = self.trainer.fit_loop
+        if loop.restarted_on_epoch_end and self.trainer.max_steps != -1:
+            progress: Any = loop.epoch_progress.current  # a _ProcessedTracker
+            if progress.processed > progress.completed:
+                progress.processed -= 1
+
     def on_train_epoch_start(self) -> None:
         """Start this epoch's record of view GSDs."""
         self._view_gsd.reset()
@@ -548,7 +564,9 @@ class CrossScaleMAETask(BaseTask):
             gsd=batch.get('view_gsd'),
             norm_pix=self.model.norm_pix_loss,
         )
-        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        # The logger's own folder: Trainer.log_dir broadcasts (a collective call,
+        # which would hang DDP here, on rank 0 only).
+        log_dir = getattr(self.logger, 'log_dir', None) or self.trainer.default_root_dir
         path = os.path.join(
             log_dir, 'reconstructions', f'step_{self.global_step:07d}.png'
         )
