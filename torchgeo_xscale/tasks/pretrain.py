@@ -390,8 +390,12 @@ class CrossScaleMAETask(BaseTask):
         """
         views = self.require_views(batch)
         if stage == 'train':
-            self._view_gsd.update(batch['view_gsd'])
-            self._tile_gsd.update(batch['gsd'])
+            for recorder, key in (
+                (self._view_gsd, 'view_gsd'),
+                (self._tile_gsd, 'gsd'),
+            ):
+                if isinstance(batch.get(key), Tensor):
+                    recorder.update(batch[key])
         out: CrossScaleMAEOutput = self.model(
             views,
             gsd=batch.get('view_gsd'),
