@@ -18,6 +18,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import shapely
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from pyproj import CRS
 from rasterio.crs import CRS as RioCRS
 from torch.utils.data import DataLoader, default_collate
@@ -486,29 +487,22 @@ class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
             self._sampler_state = dict(state)
 
     def _log_plan(self, sampler: GroupedPatchSampler) -> None:
-        """Log the groups, their share of the tiles and the view GSDs a run sees."""
+        """Say (rank 0, in Lightning's log) the groups, their share and the GSDs."""
         for group, weight in zip(self.groups, sampler.weights):
-            logger.info(
-                'group %s: %d file(s), %.1f%% of the training tiles',
-                group.name,
-                len(group.files),
-                100 * weight,
+            rank_zero_info(
+                f'GeoTIFFDataModule: group {group.name}: {len(group.files)} file(s), '
+                f'{100 * weight:.1f}% of the training tiles, read at native resolution'
             )
         if self.gsd_range is not None:
             low, high = self.views.scale_range
             scale = self.patch_size / self.img_size
-            logger.info(
-                'training tiles: native GSD %.3g-%.3g m (median %.3g m); view GSDs '
-                '%.3g-%.3g m (r in 1 and [%.2f, %.2f])',
-                self.gsd_range['min'],
-                self.gsd_range['max'],
-                self.gsd_range['median'],
-                self.gsd_range['min'] * scale,
-                self.gsd_range['max']
-                * scale
-                / (low if self.views.num_views > 1 else 1),
-                low,
-                high,
+            coarsest = scale / (low if self.views.num_views > 1 else 1)
+            rank_zero_info(
+                f'GeoTIFFDataModule: native GSD of the training tiles '
+                f'{self.gsd_range["min"]:.3g}-{self.gsd_range["max"]:.3g} m (median '
+                f'{self.gsd_range["median"]:.3g} m); the views span '
+                f'{self.gsd_range["min"] * scale:.3g}-{self.gsd_range["max"] * coarsest:.3g}'
+                f' m (r = 1 and r in [{low:.2f}, {high:.2f}])'
             )
 
     def _dataloader_factory(self, split: str) -> DataLoader[dict[str, Any]]:
