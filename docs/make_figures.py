@@ -58,7 +58,7 @@ from torchgeo_xscale.plotting import (
     to_display,
 )
 from torchgeo_xscale.tasks import CrossScaleMAETask
-from torchgeo_xscale.transforms import ScaleViews, scale_to_ratio
+from torchgeo_xscale.transforms import ScaleViews, normalize, scale_to_ratio
 
 #: Scale ratios of the README figure.
 SCALES = (1.0, 0.5, 0.25)
@@ -220,7 +220,12 @@ def grid_tiles(rgb: Path, size: int, count: int) -> dict[str, Any]:
     """
     datamodule = GeoTIFFDataModule(paths=[str(rgb)], img_size=size, batch_size=16)
     datamodule.setup('test')
-    return pick_tiles(list(datamodule.test_dataloader()), count)
+    batches = list(datamodule.test_dataloader())
+    for batch in batches:  # the dataset reads raw pixels; normalise as in training
+        batch['image'] = normalize(
+            batch['image'], datamodule.mean, datamodule.std, batch['valid']
+        )
+    return pick_tiles(batches, count)
 
 
 def figure_scale_views(tiles: dict[str, Any], seed: int) -> plt.Figure:

@@ -255,3 +255,31 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         trainer.save_checkpoint(out[method])
         out[method + '_task'] = task.eval()
     return out
+
+
+def logged_scalars(root: str | Path) -> dict[str, dict[int, float]]:
+    """Every scalar logged under *root*: ``{tag: {step: value}}``.
+
+    Reads TensorBoard event files (the CLI's default logger) and Lightning's
+    ``metrics.csv`` files (CSVLogger), whichever exist.
+    """
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import (
+        EventAccumulator,
+    )
+
+    out: dict[str, dict[int, float]] = {}
+    for events in sorted(Path(root).rglob('events.out.tfevents.*')):
+        accumulator = EventAccumulator(str(events), size_guidance={'scalars': 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()['scalars']:
+            for event in accumulator.Scalars(tag):
+                out.setdefault(tag, {})[event.step] = event.value
+    for metrics in sorted(Path(root).rglob('metrics.csv')):
+        with open(metrics) as f:
+            for row in csv.DictReader(f):
+                for tag, value in row.items():
+                    if value and tag not in ('step', 'epoch'):
+                        out.setdefault(tag, {})[int(row['step'])] = float(value)
+    return out

@@ -30,7 +30,6 @@ TINY = TINY_MODEL
 
 
 def dataset(paths, tmp_path: Path, **kwargs) -> GeoTIFFDataset:
-    kwargs.setdefault('stats_cache', tmp_path / 'stats')
     return GeoTIFFDataset(paths, **kwargs)
 
 
@@ -111,8 +110,9 @@ def test_no_rasters_in_folder(tmp_path) -> None:
 
 
 def test_wrong_stats_length(utm_raster, tmp_path) -> None:
+    dm = datamodule(utm_raster, tmp_path, mean=[0.0, 0.0], std=[1.0, 1.0])
     with pytest.raises(RasterInputError, match='mean: has 2 values; expected 3'):
-        dataset(utm_raster, tmp_path, mean=[0.0, 0.0], std=[1.0, 1.0])
+        dm.setup('fit')
 
 
 def test_raster_smaller_than_patch(make_geotiff, tmp_path) -> None:
@@ -257,3 +257,37 @@ def test_bad_option_values() -> None:
         CrossScaleMAE(**TINY, mask_ratio=1.0)(torch.zeros(1, 2, 3, 32, 32))
     with pytest.raises(ValueError, match='min_valid_fraction'):
         GeoTIFFDataModule('x.tif', min_valid_fraction=2.0)
+
+
+@pytest.mark.parametrize(
+    ('kwargs', 'match'),
+    [
+        ({'batch_size': 0}, 'batch_size=0 is invalid; expected >= 1'),
+        ({'batch_size': -2}, 'batch_size=-2 is invalid'),
+        ({'length': 0}, 'length=0 is invalid; expected >= 1 tiles per epoch'),
+        ({'group_sampling': 'most'}, "group_sampling='most'"),
+    ],
+)
+def test_datamodule_counts_are_checked_where_they_enter(utm_raster, kwargs, match):
+    with pytest.raises(ValueError, match=match) as err:
+        GeoTIFFDataModule(utm_raster, **kwargs)
+    assert '\n' not in str(err.value)
+
+
+def test_band_count_against_in_chans_before_step_0(make_geotiff, tmp_path) -> None:
+    """4-band files, a 3-band model: stopped at setup naming a file (today: a shape
+    error of the model at step 0 that names no file)."""
+    path = make_geotiff(tmp_path / 'r' / 'four.tif', bands=4, width=64, height=64)
+    args = ['fit', '--model', 'torchgeo_xscale.tasks.CrossScaleMAETask']
+    args += ['--data', 'torchgeo_xscale.datamodules.GeoTIFFDataModule']
+    args += ['--data.paths', str(tmp_path / 'r'), '--data.img_size', '32']
+    args += ['--data.stats_cache', str(tmp_path / 'stats')]
+    args += ['--trainer.default_root_dir', str(tmp_path / 'run')]
+    args += ['--trainer.accelerator', 'cpu', '--trainer.logger', 'false']
+    for key, value in TINY.items():
+        args += [f'--model.{key}', str(value)]
+    with pytest.raises(ValueError, match='in_chans=3') as err:
+        main(args)
+    assert_names(err, str(path))
+    assert 'in_chans 4' in str(err.value)
+    assert not list((tmp_path / 'run').rglob('*.ckpt'))

@@ -13,6 +13,7 @@ import torch
 from conftest import pypi_reachable
 from pyproj import CRS, Geod
 from rasterio.windows import Window
+from torch.utils.data import default_collate
 from torchgeo.samplers import GriddedPatchSampler
 
 from torchgeo_xscale.datamodules import GeoTIFFDataModule
@@ -24,6 +25,7 @@ from torchgeo_xscale.datasets import (
 from torchgeo_xscale.datasets.example_data import EXAMPLE_RASTERS
 
 KEYS = {'image', 'valid', 'gsd', 'bounds', 'transform', 'files'}
+BATCH_KEYS = KEYS | {'group'}
 VIEW_KEYS = {'views', 'view_valid', 'view_gsd', 'scale_ratio', 'sample_weight'}
 
 
@@ -46,7 +48,6 @@ def read(
 
 
 def dataset(paths, tmp_path: Path, **kwargs) -> GeoTIFFDataset:
-    kwargs.setdefault('stats_cache', tmp_path / 'stats')
     return GeoTIFFDataset(paths, **kwargs)
 
 
@@ -54,7 +55,7 @@ def dataset(paths, tmp_path: Path, **kwargs) -> GeoTIFFDataset:
 
 
 def test_sample_keys_shapes_and_gsd(utm_raster, tmp_path) -> None:
-    ds = dataset(utm_raster, tmp_path, mean=[0.0] * 3, std=[1.0] * 3)
+    ds = dataset(utm_raster, tmp_path)
     sample = ds[window_slice(utm_raster, 8, 4, 32)]
     assert set(sample) == KEYS
     assert (
@@ -78,38 +79,57 @@ def test_geographic_gsd_at_tile_centre(geographic_raster, tmp_path) -> None:
     assert sample['gsd'].item() == pytest.approx(math.sqrt(dx * dy), rel=1e-5)
 
 
-def test_normalisation_with_given_stats(four_band_raster, tmp_path) -> None:
+def test_dataset_reads_raw_pixels_and_datamodule_normalises(
+    four_band_raster, tmp_path
+) -> None:
+    """The dataset returns raw values; the datamodule's device step normalises."""
     mean, std = [100.0, 200.0, 300.0, 400.0], [10.0, 20.0, 30.0, 40.0]
-    ds = dataset(four_band_raster, tmp_path, mean=mean, std=std)
-    image = ds[window_slice(four_band_raster, 0, 0, 32)]['image']
     raw = read(four_band_raster, 0, 0, 32)
+    ds = dataset(four_band_raster, tmp_path)
+    image = ds[window_slice(four_band_raster, 0, 0, 32)]['image']
+    np.testing.assert_array_equal(image.numpy(), raw)
+    dm = datamodule(four_band_raster, tmp_path, mean=mean, std=std, flips=False)
+    dm.setup('fit')
+    batch = default_collate(
+        [dm.group_datasets[0][window_slice(four_band_raster, 0, 0, 32)]]
+    )
+    out = dm.on_after_batch_transfer(batch, 0)
     expected = (raw - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
-    np.testing.assert_allclose(image.numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out['image'][0].numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        out['views'][0, 0].numpy(), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_computed_stats_are_cached(nodata_raster, tmp_path) -> None:
     cache = tmp_path / 'cache'
-    ds = dataset(nodata_raster, tmp_path, stats_cache=cache)
+
+    def mean_of(**kwargs):
+        dm = datamodule(nodata_raster, tmp_path, stats_cache=cache, **kwargs)
+        dm.setup('fit')
+        return dm
+
+    dm = mean_of()
     with rasterio.open(nodata_raster) as src:
         data = src.read(masked=True)
     valid = ~data.mask.any(0)
     expected_mean = [data[b].data[valid].mean() for b in range(3)]
     expected_std = [data[b].data[valid].std(ddof=1) for b in range(3)]
-    np.testing.assert_allclose(ds.mean.flatten(), expected_mean, rtol=1e-5)
-    np.testing.assert_allclose(ds.std.flatten(), expected_std, rtol=1e-5)
+    np.testing.assert_allclose(dm.mean, expected_mean, rtol=1e-5)
+    np.testing.assert_allclose(dm.std, expected_std, rtol=1e-5)
     files = list(cache.glob('*.json'))
     assert len(files) == 1
-    assert json.loads(files[0].read_text())['mean'] == pytest.approx(expected_mean)
-    # A second dataset reads the cache (a doctored cache proves it).
-    files[0].write_text(json.dumps({'mean': [1.0] * 3, 'std': [2.0] * 3}))
-    assert (
-        dataset(nodata_raster, tmp_path, stats_cache=cache).mean.flatten().tolist()
-        == [1.0] * 3
-    )
+    entry = json.loads(files[0].read_text())['stats'][0]
+    assert entry['mean'] == pytest.approx(expected_mean)
+    assert entry['valid_fraction'] == pytest.approx(0.5)
+    # A second datamodule reads the cache (a doctored cache proves it).
+    entry['mean'], entry['m2'] = [1.0] * 3, [4.0 * (entry['n'] - 1)] * 3
+    files[0].write_text(json.dumps({'stats': [entry]}))
+    np.testing.assert_allclose(mean_of().mean, [1.0] * 3)
+    np.testing.assert_allclose(mean_of().std, [2.0] * 3, rtol=1e-6)
     # Touching the file invalidates the key.
     os.utime(nodata_raster, ns=(1, 1))
-    again = dataset(nodata_raster, tmp_path, stats_cache=cache)
-    np.testing.assert_allclose(again.mean.flatten(), expected_mean, rtol=1e-5)
+    np.testing.assert_allclose(mean_of().mean, expected_mean, rtol=1e-5)
 
 
 def test_compute_band_stats_ignores_nan(make_geotiff, tmp_path) -> None:
@@ -158,9 +178,7 @@ def test_dtypes(make_geotiff, tmp_path, dtype) -> None:
     path = make_geotiff(
         tmp_path / f'{dtype}.tif', bands=1, width=32, height=32, dtype=dtype
     )
-    sample = dataset(path, tmp_path, mean=[0.0], std=[1.0])[
-        window_slice(path, 0, 0, 32)
-    ]
+    sample = dataset(path, tmp_path)[window_slice(path, 0, 0, 32)]
     np.testing.assert_allclose(sample['image'].numpy(), read(path, 0, 0, 32), rtol=1e-6)
 
 
@@ -174,7 +192,7 @@ def test_mosaic_of_two_files(make_geotiff, tmp_path) -> None:
         origin=(500320.0, 5000000.0),
     )
     (tmp_path / 'm' / 'notes.txt').write_text('ignored')
-    ds = dataset(tmp_path / 'm', tmp_path, mean=[0.0] * 3, std=[1.0] * 3)
+    ds = dataset(tmp_path / 'm', tmp_path)
     sample = ds[window_slice(left, 0, 16, 32)]  # straddles both files
     assert sample['files'].split(';') == [str(left), str(right)]
     assert sample['valid'].all()
@@ -210,9 +228,7 @@ def test_glob_and_list_paths(make_geotiff, tmp_path) -> None:
 
 
 def test_band_selection(four_band_raster, tmp_path) -> None:
-    ds = dataset(
-        four_band_raster, tmp_path, bands=[3, 1], mean=[0.0] * 2, std=[1.0] * 2
-    )
+    ds = dataset(four_band_raster, tmp_path, bands=[3, 1])
     image = ds[window_slice(four_band_raster, 0, 0, 32)]['image']
     np.testing.assert_array_equal(
         image.numpy(), read(four_band_raster, 0, 0, 32)[[2, 0]]
@@ -223,7 +239,7 @@ def test_band_selection_by_description(make_geotiff, tmp_path) -> None:
     path = make_geotiff(
         tmp_path / 'd.tif', bands=2, width=32, height=32, descriptions=['red', 'nir']
     )
-    ds = dataset(path, tmp_path, bands=['nir'], mean=[0.0], std=[1.0])
+    ds = dataset(path, tmp_path, bands=['nir'])
     image = ds[window_slice(path, 0, 0, 32)]['image']
     np.testing.assert_array_equal(image.numpy(), read(path, 0, 0, 32)[[1]])
 
@@ -254,7 +270,7 @@ def test_datamodule_end_to_end(request, tmp_path, fixture) -> None:
     batches = list(loader)
     assert len(batches) == 2
     batch = dm.on_after_batch_transfer(batches[0], 0)
-    assert KEYS | VIEW_KEYS <= set(batch)
+    assert BATCH_KEYS | VIEW_KEYS == set(batch)
     assert batch['views'].shape == (4, 2, bands, 32, 32)
     assert batch['view_valid'].shape == (4, 2, 1, 32, 32)
     assert batch['sample_weight'].tolist() == [1.0] * 4
@@ -283,10 +299,10 @@ def test_spatial_split_keeps_val_apart(make_geotiff, tmp_path) -> None:
     dm = datamodule(path, tmp_path, val_fraction=0.2, length=16)
     dm.setup('fit')
     cut = 500000.0 + 128 * 10.0  # the last 32 px column strip is validation
-    for x, _ in dm.train_sampler:
+    for _, (x, _) in dm.train_sampler:
         assert x.stop <= cut + 1e-6
     val = list(dm.val_sampler)
-    assert len(val) == 2 and all(x.start >= cut - 1e-6 for x, _ in val)
+    assert len(val) == 2 and all(x.start >= cut - 1e-6 for _, (x, _) in val)
 
 
 def test_small_raster_val_reuses_fixed_tiles(utm_raster, tmp_path) -> None:
@@ -301,7 +317,7 @@ def test_small_raster_val_reuses_fixed_tiles(utm_raster, tmp_path) -> None:
 def test_nodata_tiles_get_zero_weight(nodata_raster, tmp_path, caplog) -> None:
     dm = datamodule(nodata_raster, tmp_path, length=12)  # 3 batches per epoch
     dm.setup('fit')
-    ds = dm.dataset
+    ds = dm.group_datasets[0]
     samples = [ds[window_slice(nodata_raster, 0, c, 32)] for c in (0, 32, 16, 20)]
     with caplog.at_level(logging.WARNING):
         for step in range(3):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import logged_scalars
 from PIL import Image
 
 from torchgeo_xscale.datamodules.fmow import FMoWDataModule
@@ -144,10 +145,17 @@ def test_resize_and_random_crop_gsd(fmow_root: Path) -> None:
 
 
 def test_normalisation_uses_fmow_statistics(tmp_path: Path) -> None:
+    """The dataset returns raw 8-bit values; the datamodule normalises on the device."""
     write_fmow_image(tmp_path, 'train', 'dam', 0, 40, 40, 1.0, value=128)
     image = FMoWRGB(tmp_path, size=8)[0]['image']
-    expected = (128 / 255 - torch.tensor(FMOW_RGB_MEAN)) / torch.tensor(FMOW_RGB_STD)
-    assert torch.allclose(image.mean((1, 2)), expected, atol=0.03)
+    assert torch.allclose(image.mean((1, 2)), torch.full((3,), 128.0), atol=8)
+    dm = FMoWDataModule(tmp_path, img_size=8, batch_size=1, index_cache=None)
+    dm.setup('fit')
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    expected = (image.mean((1, 2)) / 255 - torch.tensor(FMOW_RGB_MEAN)) / torch.tensor(
+        FMOW_RGB_STD
+    )
+    assert torch.allclose(batch['image'][0].mean((1, 2)), expected, atol=1e-4)
 
 
 def test_test_split_without_categories(fmow_root: Path) -> None:
@@ -180,8 +188,9 @@ def test_reduced_dct_decoding_matches_full_resolution(
         folder / 'dam_0_0_rgb.jpg', quality=95
     )
     (folder / 'dam_0_0_rgb.json').write_text(json.dumps({'gsd': 1.0}))
-    ds = FMoWRGB(tmp_path, size=32, crop=crop, mean=(0, 0, 0), std=(1, 1, 1))
+    ds = FMoWRGB(tmp_path, size=32, crop=crop)
     sample = ds[0]
+    sample['image'] = sample['image'] / 255
     full = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
     if crop == 'center':
         side = min(width, height)
@@ -309,13 +318,27 @@ def test_index_cache(fmow_root: Path, tmp_path: Path) -> None:
     [
         ({'crop': 'middle'}, 'crop'),
         ({'crop_scale': (0.5, 0.25)}, 'crop_scale'),
-        ({'std': (0.2, 0.0, 0.2)}, 'std'),
         ({'split': 'nowhere'}, 'nowhere: no such folder'),
     ],
 )
 def test_invalid_arguments(fmow_root: Path, kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         FMoWRGB(fmow_root, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ('kwargs', 'match'),
+    [
+        ({'std': (0.2, 0.0, 0.2)}, r'std=\(0\.2, 0\.0, 0\.2\) is invalid'),
+        ({'mean': (0.5, 0.5)}, 'mean=.*3 values'),
+        ({'batch_size': 0}, 'batch_size=0 is invalid; expected >= 1'),
+    ],
+)
+def test_invalid_datamodule_arguments(
+    fmow_root: Path, kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        FMoWDataModule(fmow_root, index_cache=None, **kwargs)
 
 
 # -------------------------------------------------------------------- datamodule
@@ -340,7 +363,8 @@ def test_datamodule_batches_carry_views_and_gsd(
     assert torch.equal(batch['sample_weight'], torch.ones(3))
     val = next(iter(dm.val_dataloader()))
     assert torch.equal(
-        dm._val_generator(val).get_state(), dm._val_generator(val).get_state()
+        dm.view_generator(val, 'val').get_state(),
+        dm.view_generator(val, 'val').get_state(),
     )
 
 
@@ -447,10 +471,11 @@ def test_xscale_fit_paper_config_two_steps(fmow_root: Path, tmp_path: Path) -> N
         str(tmp_path / 'run'),
     ]
     args += ['--trainer.limit_val_batches', '1', '--model.log_image_every_n_steps', '0']
+    args += ['--trainer.log_every_n_steps', '1']
     assert main(args) is None
     (last,) = (tmp_path / 'run').rglob('last.ckpt')
     checkpoint = torch.load(last, map_location='cpu', weights_only=False)
     assert checkpoint['global_step'] == 2
     assert checkpoint['hyper_parameters']['decoder_depth'] == 1
-    metrics = next((tmp_path / 'run').rglob('metrics.csv')).read_text()
-    assert 'val_loss' in metrics and 'train_loss_cc' in metrics
+    scalars = logged_scalars(tmp_path / 'run')  # TensorBoard, the default logger
+    assert 'val_loss' in scalars and 'train_loss_cc_step' in scalars

@@ -92,3 +92,18 @@ def test_gsd_from_written_raster(utm_raster, geographic_raster) -> None:
         lat = (src.bounds.bottom + src.bounds.top) / 2
         got = gsd_from_transform(src.transform, src.crs, latitude=lat)
     assert got == pytest.approx(expected_geographic_gsd(0.0001, lat), rel=1e-6)
+
+
+def test_gsd_recorder_min_max_exact_median_from_the_sample() -> None:
+    import torch
+
+    from torchgeo_xscale.gsd import GSDRecorder
+
+    recorder = GSDRecorder(max_values=5)
+    assert recorder.summary() is None and recorder.values() is None
+    recorder.update(torch.tensor([[4.0, 8.0], [1.0, 2.0]]))
+    recorder.update(torch.tensor([100.0, 0.5, 3.0]))  # only 1 more value kept
+    assert len(recorder) == 5
+    assert recorder.summary() == {'min': 0.5, 'median': 4.0, 'max': 100.0}
+    recorder.reset()
+    assert recorder.summary() is None

@@ -45,7 +45,17 @@ def test_study_datamodule_mixes_rasters_with_their_own_bands(
     assert files == {str(rgb), str(four)}
     assert all(b['image'].shape[1] == 3 for b in batches)
     # each raster normalised by its own statistics
-    assert dm.children[1].train_dataset.mean.numel() == 3
+    assert dm.children[1].mean.numel() == 3
+    for path in (rgb, four):
+        pixels = torch.cat(
+            [
+                b['image'][i]
+                for b in batches
+                for i, f in enumerate(b['files'])
+                if f == str(path)
+            ]
+        )
+        assert abs(float(pixels.mean())) < 0.5 and 0.5 < float(pixels.std()) < 1.5
     # the same tiles for the same epoch, other tiles for another
     dm.train_sampler.set_epoch(0)
     first = list(dm.train_sampler)

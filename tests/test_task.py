@@ -120,14 +120,13 @@ def test_plain_mae_config_trains(tmp_path: Path, make_geotiff) -> None:
     )
 
 
-def test_views_made_in_task_when_missing() -> None:
+def test_batch_without_views_names_the_datamodules() -> None:
+    """The task never makes views: a plain TorchGeo batch stops with what to use."""
     task = CrossScaleMAETask(**TINY)
     batch = {'image': torch.randn(2, 3, 48, 48), 'gsd': torch.tensor([1.0, 2.0])}
-    batch['image'][0, :, 0, 0] = float('nan')
-    out = task.shared_step(batch, 'val')
-    assert torch.isfinite(out.loss)
-    assert batch['views'].shape == (2, 2, 3, 32, 32)
-    assert not batch['view_valid'][0, 0].all() and batch['view_valid'][1].all()
+    with pytest.raises(KeyError, match='GeoTIFFDataModule or FMoWDataModule') as err:
+        task.shared_step(batch, 'val')
+    assert 'PretrainDataModuleMixin' in str(err.value) and 'views' not in batch
 
 
 def test_nonfinite_loss_names_files_and_bounds() -> None:

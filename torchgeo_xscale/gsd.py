@@ -17,10 +17,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from affine import Affine
 from pyproj import CRS
+from torch import Tensor
 
-__all__ = ('MAX_LATITUDE', 'GroundUnits', 'gsd_from_transform', 'tile_gsd')
+__all__ = (
+    'MAX_LATITUDE',
+    'GSDRecorder',
+    'GroundUnits',
+    'gsd_from_transform',
+    'tile_gsd',
+)
 
 #: Largest absolute latitude (degrees) at which a geographic GSD is computed; nearer
 #: the poles a degree of longitude shrinks to nothing and the GSD stops meaning much.
@@ -187,3 +195,73 @@ def tile_gsd(bounds: Sequence[float], res: float | Sequence[float], crs: Any) ->
     xres, yres = (res, res) if isinstance(res, int | float) else tuple(res)
     latitude = (bounds[1] + bounds[3]) / 2 if units.geographic else None
     return units.gsd(xres, yres, latitude)
+
+
+class GSDRecorder:
+    """The GSDs seen over a span of steps: exact min and max, a sample for the rest.
+
+    :meth:`update` keeps everything on the values' device (no host-device sync per
+    step); the first *max_values* values are kept as a sample (tiles come in random
+    order, so it is a random sample) for the median and a histogram.
+
+    Args:
+        max_values: Size of the kept sample.
+    """
+
+    def __init__(self, max_values: int = 65536) -> None:
+        """Initialize a new GSDRecorder instance."""
+        self.max_values = max_values
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything recorded."""
+        self._parts: list[Tensor] = []
+        self._kept = 0
+        self._min: Tensor | None = None
+        self._max: Tensor | None = None
+
+    def __len__(self) -> int:
+        """Number of values in the kept sample."""
+        return self._kept
+
+    def update(self, values: Tensor) -> None:
+        """Record a batch of GSDs.
+
+        Args:
+            values: Tensor of GSDs in metres, any shape (e.g. ``view_gsd`` ``(B, V)``).
+        """
+        flat = values.detach().flatten().float()
+        if flat.numel() == 0:
+            return
+        low, high = flat.min(), flat.max()
+        self._min = low if self._min is None else self._min.minimum(low)
+        self._max = high if self._max is None else self._max.maximum(high)
+        if self._kept < self.max_values:
+            flat = flat[: self.max_values - self._kept]
+            self._parts.append(flat)
+            self._kept += flat.numel()
+
+    def values(self) -> Tensor | None:
+        """The kept sample as one 1-D tensor (None if nothing was recorded).
+
+        Returns:
+            The sample.
+        """
+        if not self._parts:
+            return None
+        return torch.cat(self._parts)
+
+    def summary(self) -> dict[str, float] | None:
+        """``{'min', 'median', 'max'}`` in metres (min and max exact).
+
+        Returns:
+            The summary, or None if nothing was recorded.
+        """
+        sample = self.values()
+        if sample is None or self._min is None or self._max is None:
+            return None
+        return {
+            'min': float(self._min),
+            'median': float(sample.median()),
+            'max': float(self._max),
+        }

@@ -4,8 +4,14 @@
 batch's device (GPU augmentation in the datamodule's ``on_after_batch_transfer``, as in
 TorchGeo). Every view keeps its valid-pixel mask and its effective GSD, so that the
 model knows the metres per pixel of each view.
+
+:class:`PretrainAugmentation` is the whole device-side step of a pretraining batch, in
+order: :func:`normalize` the raw pixels (per band, invalid pixels 0), make the views with
+:class:`ScaleViews`, and weight out tiles with too few valid pixels (``sample_weight``).
+The pretraining datamodules use it as their ``aug``.
 """
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import kornia.augmentation as K
@@ -14,7 +20,7 @@ import torch.nn.functional as F
 from kornia.geometry.transform import crop_and_resize, resize
 from torch import Generator, Tensor, nn
 
-__all__ = ('ScaleViews', 'scale_to_ratio')
+__all__ = ('PretrainAugmentation', 'ScaleViews', 'normalize', 'scale_to_ratio')
 
 # Bilinear weights below this are floating-point noise, not a contributing pixel.
 _EPS = 1e-5
@@ -253,4 +259,134 @@ class ScaleViews(nn.Module):
         batch['view_valid'] = view_valid
         batch['scale_ratio'] = scale_ratio
         batch['view_gsd'] = gsd * height / self.size / scale_ratio
+        return batch
+
+
+def normalize(
+    image: Tensor, mean: Tensor, std: Tensor, valid: Tensor | None = None
+) -> Tensor:
+    """Normalise raw pixels per band: ``(x - mean) / std``, 0 where invalid.
+
+    Args:
+        image: ``(B, C, H, W)`` or ``(C, H, W)`` raw pixel values.
+        mean: ``(C,)`` per-band mean.
+        std: ``(C,)`` per-band standard deviation (> 0).
+        valid: bool mask broadcastable to *image* (e.g. ``(B, 1, H, W)``); None: all
+            valid.
+
+    Returns:
+        The normalised image, float32, same shape.
+    """
+    shape = (-1, 1, 1)
+    mean = mean.to(image.device, torch.float32).reshape(shape)
+    std = std.to(image.device, torch.float32).reshape(shape)
+    out = (image.float() - mean) / std
+    return out if valid is None else torch.where(valid, out, 0.0)
+
+
+class PretrainAugmentation(nn.Module):
+    """Normalise, make scale views and weight tiles: one pretraining batch on its device.
+
+    ``forward(batch, generator)`` takes a collated batch of raw tiles (``image``
+    ``(B, C, H, W)``, ``gsd`` ``(B,)``, ``valid`` ``(B, 1, H, W)``) and returns it with
+    ``image`` normalised (:func:`normalize`, invalid pixels 0), the keys of
+    :class:`ScaleViews` and ``sample_weight`` ``(B,)``: 1.0 where the valid fraction of
+    the tile reaches *min_valid_fraction*, else 0.0 (shapes stay static; the model
+    zero-weights those tiles). A batch without ``valid`` counts non-finite pixels as
+    invalid.
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(
+        self,
+        views: ScaleViews,
+        mean: Sequence[float] | Tensor | None = None,
+        std: Sequence[float] | Tensor | None = None,
+        min_valid_fraction: float = 0.5,
+    ) -> None:
+        """Initialize a new PretrainAugmentation instance.
+
+        Args:
+            views: The scale views.
+            mean: Per-band mean of the raw pixels (None: set later with
+                :meth:`set_statistics`; until then pixels are not normalised).
+            std: Per-band standard deviation.
+            min_valid_fraction: Valid fraction below which a tile gets weight 0.
+
+        Raises:
+            ValueError: If *min_valid_fraction* is outside [0, 1] or the statistics
+                are invalid.
+        """
+        super().__init__()
+        if not 0 <= min_valid_fraction <= 1:
+            msg = f'min_valid_fraction {min_valid_fraction} is invalid; expected [0, 1]'
+            raise ValueError(msg)
+        self.views = views
+        self.min_valid_fraction = min_valid_fraction
+        self.register_buffer('mean', torch.zeros(0), persistent=False)
+        self.register_buffer('std', torch.zeros(0), persistent=False)
+        if mean is not None or std is not None:
+            self.set_statistics(mean, std)
+
+    def set_statistics(
+        self,
+        mean: Sequence[float] | Tensor | None,
+        std: Sequence[float] | Tensor | None,
+    ) -> None:
+        """Set the per-band normalisation.
+
+        Args:
+            mean: ``(C,)`` per-band mean.
+            std: ``(C,)`` per-band standard deviation, all > 0.
+
+        Raises:
+            ValueError: If one is missing, their lengths differ or a std is <= 0.
+        """
+        if mean is None or std is None:
+            raise ValueError('mean and std go together; expected both or neither')
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean_t.numel() != std_t.numel():
+            msg = f'mean has {mean_t.numel()} values, std {std_t.numel()}; expected one per band each'
+            raise ValueError(msg)
+        if bool((std_t <= 0).any()):
+            raise ValueError(f'std {std_t.tolist()} has values <= 0; expected > 0')
+        self.mean, self.std = mean_t, std_t
+
+    def forward(
+        self, batch: dict[str, Any], generator: Generator | None = None
+    ) -> dict[str, Any]:
+        """Normalise, make the views and ``sample_weight``.
+
+        Args:
+            batch: Collated batch of raw tiles.
+            generator: Random generator of the views (default: the global one).
+
+        Returns:
+            The batch with normalised ``image``, the views and ``sample_weight``.
+
+        Raises:
+            ValueError: If the batch has another band count than the statistics.
+        """
+        image = batch['image'].float()
+        valid = batch.get('valid')
+        if valid is None:
+            valid = torch.isfinite(image).all(dim=1, keepdim=True)
+        image = torch.nan_to_num(image)
+        if self.mean.numel():
+            if image.shape[1] != self.mean.numel():
+                msg = (
+                    f'image has {image.shape[1]} bands; expected {self.mean.numel()} '
+                    'like the normalisation statistics'
+                )
+                raise ValueError(msg)
+            image = normalize(image, self.mean, self.std, valid)
+        else:
+            image = torch.where(valid, image, 0.0)
+        batch['image'], batch['valid'] = image, valid
+        batch = self.views(batch, generator)
+        fraction = batch['valid'].flatten(1).float().mean(dim=1)
+        batch['sample_weight'] = (fraction >= self.min_valid_fraction).float()
         return batch

@@ -2,5 +2,6 @@
 
 from .fmow import FMoWDataModule
 from .geotiff import GeoTIFFDataModule
+from .pretraining import PretrainDataModuleMixin
 
-__all__ = ('FMoWDataModule', 'GeoTIFFDataModule')
+__all__ = ('FMoWDataModule', 'GeoTIFFDataModule', 'PretrainDataModuleMixin')

@@ -3,25 +3,23 @@
 import copy
 import logging
 import os
-import zlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchgeo.datamodules import NonGeoDataModule
 
 from ..datasets.fmow import DEFAULT_INDEX_CACHE, FMOW_RGB_MEAN, FMOW_RGB_STD, FMoWRGB
-from .geotiff import ScaleViewsMixin
+from .pretraining import PretrainDataModuleMixin
 
 __all__ = ('FMoWDataModule',)
 
 logger = logging.getLogger(__name__)
 
 
-class FMoWDataModule(ScaleViewsMixin, NonGeoDataModule):
+class FMoWDataModule(PretrainDataModuleMixin, NonGeoDataModule):
     """Cross-Scale MAE pretraining data from an fMoW-RGB folder (or CSV indexes).
 
     Training images are random square crops (``crop_scale`` of the image area, at
@@ -31,12 +29,20 @@ class FMoWDataModule(ScaleViewsMixin, NonGeoDataModule):
     ``val`` split (or, without one, of the training split, logged). Each sample's
     ``gsd`` is the JSON's GSD times the crop's pixels per output pixel.
 
-    :meth:`on_after_batch_transfer` is :class:`ScaleViewsMixin`'s (as in :class:`GeoTIFFDataModule`): on the device,
-    :class:`ScaleViews` makes the views and ``sample_weight`` is 0 for images with
-    a valid fraction below ``min_valid_fraction`` (images that failed to decode with
-    ``on_error='skip'`` have none), logged about once per epoch. Validation views
-    come from a generator seeded by ``seed`` and the images' indexes.
+    The dataset returns raw 8-bit pixels; :meth:`on_after_batch_transfer`
+    (:class:`~torchgeo_xscale.datamodules.pretraining.PretrainDataModuleMixin`, as
+    in :class:`~torchgeo_xscale.datamodules.GeoTIFFDataModule`) normalises them on
+    the device with ``mean`` / ``std`` (given on [0, 1]), makes the
+    :class:`~torchgeo_xscale.transforms.ScaleViews` and sets ``sample_weight`` 0 for
+    images with a valid fraction below ``min_valid_fraction`` (images that failed
+    to decode with ``on_error='skip'`` have none), logged about once per epoch.
+    Training views are seeded from ``(seed, rank, step)``, validation views from
+    ``seed`` and the images' indexes.
     """
+
+    val_seed_key = 'index'
+    #: Bands of every image.
+    num_bands = 3
 
     def __init__(
         self,
@@ -94,16 +100,27 @@ class FMoWDataModule(ScaleViewsMixin, NonGeoDataModule):
             num_views: views per image (1: full scale only, plain MAE).
             view_mode: ``'same_footprint'`` (paper) or ``'crop'`` (public code).
             flips: random flips shared by the views of an image.
-            seed: seed of the validation views.
+            seed: seed of the views.
             pin_memory: pin host memory of batches when CUDA is available.
 
         Raises:
             ValueError: If a size or fraction is out of range.
         """
         load = img_size if load_size is None else load_size
-        for name, value in (('img_size', img_size), ('load_size', load)):
+        for name, value in (
+            ('img_size', img_size),
+            ('load_size', load),
+            ('batch_size', batch_size),
+        ):
             if value < 1:
-                raise ValueError(f'{name} {value} is invalid; expected >= 1')
+                raise ValueError(f'{name}={value} is invalid; expected >= 1')
+        for name, stats, ok in (
+            ('mean', mean, len(mean) == 3),
+            ('std', std, len(std) == 3 and min(std) > 0),
+        ):
+            if not ok:
+                msg = f'{name}={tuple(stats)} is invalid; expected 3 values (RGB) on [0, 1]'
+                raise ValueError(msg + (', all > 0' if name == 'std' else ''))
         if val_samples is not None and val_samples < 1:
             raise ValueError(
                 f'val_samples {val_samples} is invalid; expected >= 1 or None'
@@ -118,8 +135,6 @@ class FMoWDataModule(ScaleViewsMixin, NonGeoDataModule):
             root=root,
             size=load,
             crop_scale=crop_scale,
-            mean=mean,
-            std=std,
             gsd_key=gsd_key,
             min_image_size=min_image_size,
             on_error=on_error,
@@ -131,7 +146,15 @@ class FMoWDataModule(ScaleViewsMixin, NonGeoDataModule):
         self.val_samples = val_samples
         self.pin_memory = pin_memory
         self._init_views(
-            img_size, min_valid_fraction, seed, scale_range, num_views, view_mode, flips
+            img_size,
+            min_valid_fraction,
+            seed,
+            scale_range,
+            num_views,
+            view_mode,
+            flips,
+            mean=[255 * m for m in mean],  # the dataset's pixels are 0-255
+            std=[255 * s for s in std],
         )
 
     def _has_val_split(self) -> bool:
@@ -184,14 +207,6 @@ class FMoWDataModule(ScaleViewsMixin, NonGeoDataModule):
         if self.val_samples is not None and self.val_samples < len(full):
             picks = np.linspace(0, len(full) - 1, self.val_samples).round().astype(int)
             self.val_dataset = Subset(full, np.unique(picks).tolist())
-
-    def _val_generator(self, batch: dict[str, Any]) -> torch.Generator:
-        """A generator seeded by ``seed`` and the batch's image indexes."""
-        seed = self.seed
-        index = batch.get('index')
-        if isinstance(index, Tensor):
-            seed = zlib.crc32(index.detach().cpu().numpy().tobytes(), seed)
-        return torch.Generator().manual_seed(seed)
 
     def _dataloader_factory(self, split: str) -> DataLoader[dict[str, Any]]:
         """Data loader of *split*: shuffled and dropping the last batch in training.

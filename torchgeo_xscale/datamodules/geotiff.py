@@ -1,213 +1,94 @@
-"""Pretraining on a folder of GeoTIFFs: TorchGeo sampling plus scale views on device."""
+"""Pretraining on a folder of GeoTIFFs at every file's native resolution.
+
+Files are grouped by native grid (:func:`~torchgeo_xscale.datasets.group_rasters`),
+each group is a :class:`~torchgeo_xscale.datasets.GeoTIFFDataset` on its own grid, and
+one :class:`~torchgeo_xscale.samplers.GroupedPatchSampler` draws the training tiles of
+all groups: every tile is ``patch_size`` pixels at its file's own GSD, never resampled,
+and carries that GSD. Normalisation and scale views happen on the device
+(:class:`~torchgeo_xscale.datamodules.pretraining.PretrainDataModuleMixin`).
+"""
 
 import logging
 import math
-import zlib
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
 import shapely
-import shapely.affinity
 import torch
-from geopandas import GeoSeries
+from lightning.pytorch.utilities import rank_zero_info
 from pyproj import CRS
-from torch import Tensor
+from rasterio.crs import CRS as RioCRS
 from torch.utils.data import DataLoader, default_collate
 from torchgeo.datamodules import GeoDataModule
 from torchgeo.datasets.splits import roi_split
-from torchgeo.samplers import GriddedPatchSampler, RandomPatchSampler
 
-from ..datasets.geotiff import DEFAULT_STATS_CACHE, GeoTIFFDataset, RasterInputError
-from ..transforms import ScaleViews
+from ..datasets.geotiff import GeoTIFFDataset, GroupedGeoTIFFDataset, describe_files
+from ..datasets.rasters import (
+    DEFAULT_RES_TOLERANCE,
+    RasterGroup,
+    RasterInputError,
+    group_rasters,
+    resolve_raster_paths,
+    validate_rasters,
+)
+from ..datasets.stats import (
+    DEFAULT_STATS_CACHE,
+    FileStats,
+    band_stats,
+    combine_band_stats,
+)
+from ..samplers import (
+    ExactPatchSampler,
+    GroupedPatchSampler,
+    ResumableDataLoader,
+    grid_tiles,
+)
+from .pretraining import PretrainDataModuleMixin
 
-__all__ = ('GeoTIFFDataModule', 'ScaleViewsMixin')
+__all__ = ('GeoTIFFDataModule',)
 
 logger = logging.getLogger(__name__)
 
-
-class _RandomPatchSampler(RandomPatchSampler):
-    """:class:`~torchgeo.samplers.RandomPatchSampler` with exact erosion.
-
-    TorchGeo erodes the footprint by half the patch diagonal, which leaves nothing of
-    a raster narrower than about 1.42 patches. Eroding by half a patch side (in pixel
-    units, mitred corners) keeps every square patch inside the footprint and accepts
-    any raster at least one patch wide.
-    """
-
-    def __init__(self, dataset: GeoTIFFDataset, seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(dataset, generator=seed, **kwargs)
-        self.seed = seed
-        xres, yres = self.res
-        pixels = shapely.affinity.scale(
-            self.geometry, 1 / xres, 1 / yres, origin=(0, 0)
-        )
-        margin = max(self.size[0] / yres, self.size[1] / xres) / 2 - 0.49
-        inner = shapely.buffer(pixels, -margin, join_style='mitre')
-        inner = shapely.affinity.scale(inner, xres, yres, origin=(0, 0))
-        self.series = GeoSeries([inner])
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reseed from ``(seed, epoch)``: epoch N draws the same tiles in any run.
-
-        Lightning calls this at the start of every epoch, so a run resumed from a
-        checkpoint samples exactly what the uninterrupted run sampled.
-
-        Args:
-            epoch: The epoch about to start.
-        """
-        self.generator = np.random.default_rng([self.seed, epoch])
+#: ``(group, GeoSlice)``: a tile of one group.
+Tile = tuple[int, Any]
 
 
-def _describe_files(dataset: GeoTIFFDataset, limit: int = 3) -> str:
-    """Name the dataset's files with their size in pixels, e.g. ``a.tif (40x30 px)``."""
-    xres, yres = dataset.res
-    parts = []
-    for path, geom in zip(dataset.index.filepath, dataset.index.geometry):
-        xmin, ymin, xmax, ymax = geom.bounds
-        width, height = round((xmax - xmin) / xres), round((ymax - ymin) / yres)
-        parts.append(f'{path} ({width}x{height} px)')
-    more = f' and {len(parts) - limit} more' if len(parts) > limit else ''
-    return ', '.join(parts[:limit]) + more
-
-
-class ScaleViewsMixin:
-    """The device-side half of a pretraining datamodule, shared by GeoTIFF and fMoW.
-
-    :meth:`on_after_batch_transfer` (on the device) applies :class:`ScaleViews` and
-    adds ``sample_weight`` ``(B,)``, 0.0 for samples whose valid fraction is below
-    ``min_valid_fraction``; skipped samples are counted and logged about once per
-    epoch. Training views are seeded from ``(seed, rank, step)`` (exact resume),
-    validation views by :meth:`_val_generator` from the batch's content.
-    """
-
-    trainer: Any
-    img_size: int
-    min_valid_fraction: float
-    seed: int
-    views: ScaleViews
-    # TorchGeo's BaseDataModule attributes, set to the views by _init_views.
-    aug: Any
-    train_aug: Any
-    val_aug: Any
-
-    def _val_generator(self, batch: dict[str, Any]) -> torch.Generator:
-        """A generator for a validation batch's views (subclasses seed it)."""
-        raise NotImplementedError
-
-    def _init_views(
-        self,
-        img_size: int,
-        min_valid_fraction: float,
-        seed: int,
-        scale_range: tuple[float, float],
-        num_views: int,
-        view_mode: Literal['same_footprint', 'crop'],
-        flips: bool,
-    ) -> None:
-        """Set up :class:`ScaleViews` as the device-side augmentation and its counters.
-
-        Args:
-            img_size: Output size of the views.
-            min_valid_fraction: Valid fraction below which a sample gets weight 0.
-            seed: Seed of the views (with rank and step, or the batch's content).
-            scale_range: ``(r_min, r_max)`` of the low-scale views.
-            num_views: Views per sample.
-            view_mode: ``'same_footprint'`` or ``'crop'``.
-            flips: Random flips shared by the views of a sample.
-        """
-        self.img_size = img_size
-        self.min_valid_fraction = min_valid_fraction
-        self.seed = seed
-        self.views = ScaleViews(
-            size=img_size,
-            scale_range=scale_range,
-            num_views=num_views,
-            mode=view_mode,
-            flips=flips,
-        )
-        self.aug = self.train_aug = self.val_aug = self.views
-        self._skipped = torch.zeros((), dtype=torch.long)
-        self._skipped_logged = 0
-        self._batches_since_log = 0
-        self._batches_per_epoch = 1
-
-    @property
-    def skipped_tiles(self) -> int:
-        """Training tiles so far given ``sample_weight`` 0 (too few valid pixels)."""
-        return int(self._skipped.item())
-
-    def on_after_batch_transfer(
-        self, batch: dict[str, Any], dataloader_idx: int
-    ) -> dict[str, Any]:
-        """Make the scale views and ``sample_weight`` on the batch's device.
-
-        Without a trainer (e.g. called by hand) the batch is treated as training.
-
-        Args:
-            batch: collated batch with ``image``, ``valid`` and ``gsd``.
-            dataloader_idx: index of the data loader the batch came from.
-
-        Returns:
-            The batch with the keys of :class:`ScaleViews` and ``sample_weight``.
-        """
-        trainer = self.trainer
-        training = trainer is None or bool(trainer.training)
-        if not training:
-            generator: torch.Generator | None = self._val_generator(batch)
-        elif trainer is not None:
-            # Views depend only on (seed, rank, step): a resumed run makes the same.
-            step_seed = [self.seed, trainer.global_rank, trainer.global_step]
-            generator = torch.Generator().manual_seed(
-                zlib.crc32(repr(step_seed).encode())
-            )
-        else:
-            generator = None
-        batch = self.views(batch, generator)
-        fraction = batch['valid'].flatten(1).float().mean(dim=1)
-        keep = fraction >= self.min_valid_fraction
-        batch['sample_weight'] = keep.float()
-        if training:
-            self._skipped = self._skipped.to(keep.device) + (~keep).sum()
-            self._batches_since_log += 1
-            if self._batches_since_log >= self._batches_per_epoch:
-                self._log_skipped()
-        return batch
-
-    def _log_skipped(self) -> None:
-        """Warn about tiles skipped since the last warning (about once per epoch)."""
-        total = self.skipped_tiles
-        new = total - self._skipped_logged
-        if new > 0:
-            logger.warning(
-                '%d training tiles (%d in all) had a valid fraction below %.2f and '
-                'were given sample_weight 0',
-                new,
-                total,
-                self.min_valid_fraction,
-            )
-        self._skipped_logged = total
-        self._batches_since_log = 0
-
-
-class GeoTIFFDataModule(ScaleViewsMixin, GeoDataModule):
+class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
     """Cross-Scale MAE pretraining data from any folder, glob or list of GeoTIFFs.
 
-    Tiles of ``patch_size`` pixels come from a :class:`GeoTIFFDataset`: random tiles
-    (:class:`~torchgeo.samplers.RandomPatchSampler`) from the training region and a
-    grid (:class:`~torchgeo.samplers.GriddedPatchSampler`) over the validation region.
-    The split is spatial: the last ``val_fraction`` of the rasters' extent along its
-    longer axis, rounded to whole patches, goes to validation (TorchGeo's
-    :func:`~torchgeo.datasets.splits.roi_split`). When the rasters are too small for
-    that, validation reuses a fixed-seed set of training tiles.
+    **Native resolution (default).** Files are grouped by ``(CRS, resolution)``
+    within ``res_tolerance``; each group is read on its own grid, without
+    resampling. Training tiles of ``patch_size`` pixels are drawn from every group by
+    a :class:`~torchgeo_xscale.samplers.GroupedPatchSampler`: a group per tile with
+    probability proportional to its valid area in its own pixels (the area where a
+    tile fits, times the files' valid fraction; ``group_sampling='equal'``: the same
+    for every group), then a random position in it. Batches are static-shaped (every
+    tile is ``patch_size`` pixels) and each tile's ``gsd`` is its own.
+    **One grid.** With ``crs`` or ``res`` given, every file is warped to that grid by
+    TorchGeo (a warning names each file resampled by more than 1.5x).
 
-    :meth:`on_after_batch_transfer` (on the device) applies :class:`ScaleViews` and
-    adds ``sample_weight`` ``(B,)``: 1.0 for tiles whose valid fraction reaches
-    ``min_valid_fraction``, else 0.0 (shapes stay static; the model zero-weights
-    them). Validation views use a generator seeded from ``seed`` and the tile bounds,
-    so validation is deterministic.
+    Validation is spatial and per group: the last ``val_fraction`` of each group's
+    extent along its longer axis, rounded to whole patches, is held out (TorchGeo's
+    :func:`~torchgeo.datasets.splits.roi_split`) and read on a grid of whole tiles
+    (:func:`~torchgeo_xscale.samplers.grid_tiles`, on the group's pixel grid). A
+    group too small for that lends a fixed-seed set of its training tiles instead.
+
+    Per-band ``mean`` / ``std`` are global, one for all groups (the model and its
+    weights have one input normalisation): computed over every file's valid pixels
+    and cached, unless given. :meth:`on_after_batch_transfer` (on the device)
+    normalises, makes the :class:`~torchgeo_xscale.transforms.ScaleViews` and adds
+    ``sample_weight`` (0.0 for tiles below ``min_valid_fraction``).
+
+    After :meth:`setup`: :attr:`groups` (the :class:`~torchgeo_xscale.datasets.RasterGroup`
+    of each dataset), :attr:`group_datasets`, :attr:`val_groups` (the held-out region
+    per group, None where a group is too small), :attr:`num_bands` and
+    :attr:`gsd_range` (min, median, max native GSD of the training tiles).
     """
+
+    val_seed_key = 'bounds'
 
     def __init__(
         self,
@@ -232,6 +113,8 @@ class GeoTIFFDataModule(ScaleViewsMixin, GeoDataModule):
         seed: int = 0,
         nodata: float | None = None,
         stats_cache: str | Path | None = DEFAULT_STATS_CACHE,
+        group_sampling: Literal['area', 'equal'] = 'area',
+        res_tolerance: float = DEFAULT_RES_TOLERANCE,
     ) -> None:
         """Initialize a new GeoTIFFDataModule instance.
 
@@ -239,13 +122,14 @@ class GeoTIFFDataModule(ScaleViewsMixin, GeoDataModule):
             paths: folder (recursive ``*.tif``/``*.tiff``), glob, file, or a list.
             img_size: side of the views fed to the model, in pixels.
             patch_size: side of the tiles read from the rasters (default *img_size*).
-            batch_size: tiles per batch.
-            length: training tiles per epoch (default: about the number of
-                non-overlapping tiles, at least one batch).
+            batch_size: tiles per batch (and device).
+            length: training tiles per epoch over all devices (default: about the
+                number of non-overlapping tiles, at least one batch per device).
             num_workers: data loader worker processes.
             bands: 1-based band numbers or band descriptions (default all).
-            crs: CRS to warp to, e.g. ``'EPSG:32633'`` (default: the first file's).
-            res: resolution in CRS units (default: the first file's).
+            crs: CRS to warp every file to, e.g. ``'EPSG:32633'`` (default: none,
+                every file on its own grid).
+            res: resolution in CRS units to warp every file to (default: none).
             mean: per-band mean (default: computed over the files and cached).
             std: per-band standard deviation (default: computed with *mean*).
             in_chans: expected number of bands; a mismatch raises.
@@ -254,23 +138,41 @@ class GeoTIFFDataModule(ScaleViewsMixin, GeoDataModule):
             num_views: views per tile (1: full scale only, for plain MAE).
             view_mode: ``'same_footprint'`` (paper) or ``'crop'`` (public code).
             flips: random flips shared by the views of a tile.
-            val_fraction: share of the extent held out for validation.
-            seed: seed of the training sampler and of the validation views.
+            val_fraction: share of each group's extent held out for validation.
+            seed: seed of the training tiles and views, and of the validation views.
             nodata: nodata value overriding the files' own.
             stats_cache: folder caching computed statistics; None disables it.
+            group_sampling: ``'area'`` (tiles per group in proportion to its valid
+                area in pixels) or ``'equal'`` (the same share per group).
+            res_tolerance: relative pixel-size difference within which files share a
+                grid.
 
         Raises:
-            ValueError: If a fraction or size is out of range.
+            ValueError: If a fraction, size or count is out of range.
         """
         patch = img_size if patch_size is None else patch_size
-        for name, value in (('img_size', img_size), ('patch_size', patch)):
+        for name, value in (
+            ('img_size', img_size),
+            ('patch_size', patch),
+            ('batch_size', batch_size),
+        ):
             if value < 1:
-                raise ValueError(f'{name} {value} is invalid; expected >= 1')
+                raise ValueError(f'{name}={value} is invalid; expected >= 1')
+        if length is not None and length < 1:
+            msg = f'length={length} is invalid; expected >= 1 tiles per epoch (or None)'
+            raise ValueError(msg)
+        if num_workers < 0:
+            raise ValueError(f'num_workers={num_workers} is invalid; expected >= 0')
         if not 0 <= min_valid_fraction <= 1:
             msg = f'min_valid_fraction {min_valid_fraction} is invalid; expected [0, 1]'
             raise ValueError(msg)
         if not 0 <= val_fraction < 1:
             raise ValueError(f'val_fraction {val_fraction} is invalid; expected [0, 1)')
+        if group_sampling not in ('area', 'equal'):
+            msg = f"group_sampling={group_sampling!r} is invalid; expected 'area' or 'equal'"
+            raise ValueError(msg)
+        if (mean is None) != (std is None):
+            raise ValueError('mean and std go together; expected both or neither')
         super().__init__(
             GeoTIFFDataset,
             batch_size=batch_size,
@@ -278,22 +180,89 @@ class GeoTIFFDataModule(ScaleViewsMixin, GeoDataModule):
             length=length,
             num_workers=num_workers,
             paths=paths,
-            crs=crs,
-            res=res,
             bands=bands,
             in_chans=in_chans,
-            mean=mean,
-            std=std,
             nodata=nodata,
-            stats_cache=stats_cache,
         )
+        self.paths = paths
+        self.warp_crs, self.warp_res = crs, res
+        self.stats_cache = stats_cache
+        self.group_sampling = group_sampling
+        self.res_tolerance = res_tolerance
         self.patch_size: int = patch
         self.val_fraction = val_fraction
         self.collate_fn = default_collate  # type: ignore[assignment]  # 'files': list
-        self.dataset: GeoTIFFDataset | None = None
+        #: The native grid of each group (one group with ``crs``/``res``).
+        self.groups: list[RasterGroup] = []
+        #: One dataset per group, over all its files.
+        self.group_datasets: list[GeoTIFFDataset] = []
+        #: The held-out region of each group (None: too small to hold one out).
+        self.val_groups: list[GeoTIFFDataset | None] = []
+        #: ``{'min', 'median', 'max'}`` native GSD (m) of the training tiles.
+        self.gsd_range: dict[str, float] | None = None
+        self.dataset: GroupedGeoTIFFDataset | None = None  # type: ignore[assignment]
+        self._given_stats = (mean, std)
+        self._file_stats: list[FileStats] | None = None
+        self._sampler_state: dict[str, Any] | None = None
         self._init_views(
-            img_size, min_valid_fraction, seed, scale_range, num_views, view_mode, flips
+            img_size,
+            min_valid_fraction,
+            seed,
+            scale_range,
+            num_views,
+            view_mode,
+            flips,
+            mean,
+            std,
         )
+
+    # ----------------------------------------------------------------- build
+    @property
+    def num_bands(self) -> int | None:
+        """Bands per tile (None before :meth:`setup`)."""
+        return self.dataset.num_bands if self.dataset is not None else None
+
+    @property
+    def band_source(self) -> str | None:
+        """A file the band count comes from (for error messages)."""
+        return self.groups[0].files[0] if self.groups else None
+
+    def _build(self) -> None:
+        """Validate every file, group them, build the datasets and statistics."""
+        kwargs = {k: self.kwargs[k] for k in ('bands', 'in_chans', 'nodata')}
+        files = resolve_raster_paths(self.paths)
+        _, indexes, infos = validate_rasters(files, kwargs['bands'], kwargs['in_chans'])
+        if self.warp_crs is not None or self.warp_res is not None:  # one grid
+            dataset = GeoTIFFDataset(
+                files, crs=self.warp_crs, res=self.warp_res, **kwargs
+            )
+            gsds = tuple(i.gsd for i in dataset.infos)
+            crs = RioCRS.from_wkt(dataset.crs.to_wkt())
+            group = RasterGroup(crs, dataset.res, tuple(files), gsds)
+            self.groups, self.group_datasets = [group], [dataset]
+        else:
+            self.groups = group_rasters(infos, rtol=self.res_tolerance)
+            self.group_datasets = [g.dataset(**kwargs) for g in self.groups]
+        for dataset in self.group_datasets:
+            self._check_fits(dataset)
+        self.dataset = GroupedGeoTIFFDataset(self.group_datasets)
+        mean, std = self._given_stats
+        if mean is None or len(self.groups) > 1:
+            self._file_stats = band_stats(
+                files, indexes, kwargs['nodata'], self.stats_cache
+            )
+        if mean is None or std is None:
+            assert self._file_stats is not None
+            mean, std = combine_band_stats(self._file_stats)
+        n_bands = self.dataset.num_bands
+        for name, value in (('mean', mean), ('std', std)):
+            if len(value) != n_bands:
+                raise RasterInputError(
+                    f'{name}: has {len(value)} values; expected {n_bands} (one per band)'
+                )
+        if min(std) <= 0:
+            raise RasterInputError(f'std: {list(std)} has values <= 0; expected > 0')
+        self.set_statistics(mean, std)
 
     def _check_fits(self, dataset: GeoTIFFDataset) -> None:
         """Raise if the rasters cannot hold one patch."""
@@ -302,30 +271,19 @@ class GeoTIFFDataModule(ScaleViewsMixin, GeoDataModule):
         width, height = (xmax - xmin) / xres, (ymax - ymin) / yres
         if min(width, height) < self.patch_size - 1e-6:
             msg = (
-                f'{_describe_files(dataset)}: smaller than the patch; expected at least '
+                f'{describe_files(dataset)}: smaller than the patch; expected at least '
                 f'{self.patch_size}x{self.patch_size} px (patch_size) of raster'
             )
             raise RasterInputError(msg)
 
-    def _train_sampler(self, dataset: GeoTIFFDataset) -> _RandomPatchSampler:
-        """Random tiles over *dataset*, at least one full batch per epoch."""
-        length = self.length
-        if length is None:
-            xres, yres = dataset.res
-            area = dataset.index.geometry.union_all().area / (xres * yres)
-            tiles = max(1, round(area / self.patch_size**2))
-            length = math.ceil(max(tiles, self.batch_size) / self.batch_size)
-            length *= self.batch_size
-        sampler = _RandomPatchSampler(
-            dataset, size=self.patch_size, length=length, seed=self.seed
-        )
-        if sampler.series.iloc[0].is_empty or sampler.series.area.iloc[0] <= 0:
-            msg = (
-                f'{_describe_files(dataset)}: no region fits a whole patch; expected '
-                f'rasters of at least {self.patch_size}x{self.patch_size} px'
-            )
-            raise RasterInputError(msg)
-        return sampler
+    def _valid_fraction(self, dataset: GeoTIFFDataset) -> float:
+        """Pixel-area weighted valid fraction of a group's files (1 if unknown)."""
+        if self._file_stats is None:
+            return 1.0
+        fractions = {s.path: s.valid_fraction for s in self._file_stats}
+        areas = {i.path: i.width * i.height for i in dataset.infos}
+        total = sum(areas.values())
+        return sum(fractions[p] * a for p, a in areas.items()) / max(1, total)
 
     def _split(self, dataset: GeoTIFFDataset) -> tuple[GeoTIFFDataset, ...] | None:
         """Spatial train/val split along the longer axis, or None if too small."""
@@ -352,66 +310,207 @@ class GeoTIFFDataModule(ScaleViewsMixin, GeoDataModule):
         else:
             train_roi = shapely.box(xmin, ymin, xmax, cut)
             val_roi = shapely.box(xmin, lo, xmax, hi)
-        rois = [train_roi, val_roi]
-        train, val = cast(list[GeoTIFFDataset], roi_split(dataset, rois))
+        train, val = cast(
+            list[GeoTIFFDataset], roi_split(dataset, [train_roi, val_roi])
+        )
         if len(train.index) == 0 or len(val.index) == 0:
+            return None
+        if not grid_tiles(dataset, self.patch_size, val_roi.bounds):
             return None
         return train, val
 
+    def _default_length(self, samplers: Sequence[ExactPatchSampler]) -> int:
+        """About the number of non-overlapping tiles, at least a batch per device."""
+        tiles = sum(max(1, round(s.capacity / self.patch_size**2)) for s in samplers)
+        per_step = self.batch_size * self._world()[1]
+        return math.ceil(max(tiles, per_step) / per_step) * per_step
+
+    def _world(self) -> tuple[int, int]:
+        """``(rank, world_size)`` of this process (``(0, 1)`` without a trainer)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def _train_sampler(self, datasets: Sequence[GeoTIFFDataset]) -> GroupedPatchSampler:
+        """The grouped random sampler over the training regions."""
+        samplers = []
+        for dataset in datasets:
+            sampler = ExactPatchSampler(dataset, size=self.patch_size, seed=self.seed)
+            if sampler.empty:
+                msg = (
+                    f'{describe_files(dataset)}: no region fits a whole patch; '
+                    f'expected rasters of at least {self.patch_size}x{self.patch_size} px'
+                )
+                raise RasterInputError(msg)
+            samplers.append(sampler)
+        if self.group_sampling == 'equal':
+            weights = [1.0] * len(samplers)
+        else:
+            weights = [
+                s.capacity * max(self._valid_fraction(d), 1e-6)
+                for s, d in zip(samplers, datasets)
+            ]
+        rank, world = self._world()
+        length = self.length or self._default_length(samplers)
+        return GroupedPatchSampler(
+            samplers,
+            length=length,
+            batch_size=self.batch_size,
+            weights=weights,
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
+        )
+
+    def _gsd_range(self, sampler: GroupedPatchSampler) -> dict[str, float]:
+        """Min, median and max native GSD of epoch 0's training tiles (20,000 at most)."""
+        values = []
+        for group, where in sampler.epoch_tiles(0, count=20_000):
+            dataset = cast(GroupedGeoTIFFDataset, self.train_dataset).datasets[group]
+            y: slice = where[1]  # type: ignore[index, misc]
+            lat = (y.start + y.stop) / 2 if dataset.ground_units.geographic else None
+            values.append(dataset.ground_units.gsd(*dataset.res, lat))
+        return {
+            'min': float(min(values)),
+            'median': float(statistics.median(values)),
+            'max': float(max(values)),
+        }
+
+    def _fixed_val_tiles(self, group: int, dataset: GeoTIFFDataset) -> list[Tile]:
+        """A fixed-seed set of tiles of a group too small for a spatial split."""
+        sampler = ExactPatchSampler(dataset, size=self.patch_size)
+        share = max(1, round(sampler.capacity / self.patch_size**2))
+        count = max(1, round(self.val_fraction * share))
+        rng = np.random.default_rng([self.seed, 2**31 - 1, group])  # not an epoch key
+        return [(group, where) for where in sampler.draw(count, rng)]
+
     def setup(self, stage: str) -> None:
-        """Build the dataset (validating every file), the split and the samplers.
+        """Build the datasets (validating every file), the splits and the samplers.
 
         Args:
             stage: 'fit', 'validate', 'test' or 'predict'.
 
         Raises:
-            RasterInputError: If a file is unusable or the rasters are smaller than
+            RasterInputError: If a file is unusable or a group is smaller than
                 ``patch_size``.
         """
         if self.dataset is None:
-            self.dataset = GeoTIFFDataset(**self.kwargs)
-            self._check_fits(self.dataset)
-        dataset = self.dataset
-        if stage in ('fit', 'validate'):
-            split = self._split(dataset)
-            val_sampler: Any = None
-            if split is not None:
+            self._build()
+        assert self.dataset is not None
+        if stage in ('fit', 'validate') and self.val_dataset is None:
+            train_sets, val_sets, val_tiles = [], [], []
+            self.val_groups = []
+            for group, dataset in enumerate(self.group_datasets):
+                split = self._split(dataset)
+                if split is None:
+                    train_sets.append(dataset)
+                    val_sets.append(dataset)
+                    val_tiles += self._fixed_val_tiles(group, dataset)
+                    self.val_groups.append(None)
+                    logger.info(
+                        '%s: too small for a spatial split; validating on fixed '
+                        'training tiles',
+                        self.groups[group].name,
+                    )
+                    continue
                 train, val = split
-                val_sampler = GriddedPatchSampler(val, size=self.patch_size)
-                if len(val_sampler) == 0:
-                    split = None
-            if split is None:
-                train = val = dataset
-            self.train_dataset, self.val_dataset = train, val
-            self.train_sampler = self._train_sampler(train)
-            self._batches_per_epoch = max(1, len(self.train_sampler) // self.batch_size)
-            if split is None:  # a fixed list of training tiles, the same every epoch
-                n_val = max(1, round(self.val_fraction * len(self.train_sampler)))
-                fixed = _RandomPatchSampler(
-                    dataset, size=self.patch_size, length=n_val, seed=self.seed
+                train_sets.append(train)
+                val_sets.append(val)
+                self.val_groups.append(val)
+                region = val.index.geometry.union_all().bounds
+                grid = grid_tiles(dataset, self.patch_size, region)
+                val_tiles += [(group, where) for where in grid]
+            self.train_dataset = GroupedGeoTIFFDataset(train_sets)
+            self.val_dataset = GroupedGeoTIFFDataset(val_sets)
+            self.val_sampler = val_tiles  # type: ignore[assignment]
+        if stage == 'fit':
+            current: Any = self.train_sampler
+            if (
+                isinstance(current, GroupedPatchSampler)
+                and (
+                    current.rank,
+                    current.num_replicas,
                 )
-                val_sampler = list(fixed)
-                logger.info(
-                    'rasters too small for a spatial split: %d val tiles reused', n_val
-                )
-            self.val_sampler = val_sampler
+                == self._world()
+            ):
+                sampler = current  # set up before (e.g. fit, then fit again)
+            else:
+                assert self.train_dataset is not None
+                datasets = cast(GroupedGeoTIFFDataset, self.train_dataset).datasets
+                sampler = self._train_sampler(datasets)
+                self.train_sampler = sampler  # type: ignore[assignment]
+                self.gsd_range = self._gsd_range(sampler)
+                self._log_plan(sampler)
+            if self._sampler_state is not None:
+                sampler.load_state_dict(self._sampler_state)
+                self._sampler_state = None
+            self._batches_per_epoch = sampler.batches_per_epoch
         if stage in ('test', 'predict'):
-            self.test_dataset = self.predict_dataset = dataset
-            grid = GriddedPatchSampler(dataset, size=self.patch_size)
-            self.test_sampler = self.predict_sampler = grid
+            self.test_dataset = self.predict_dataset = self.dataset
+            tiles = [
+                (group, where)
+                for group, dataset in enumerate(self.group_datasets)
+                for where in grid_tiles(dataset, self.patch_size)
+            ]
+            self.test_sampler = self.predict_sampler = tiles  # type: ignore[assignment]
 
-    def _val_generator(self, batch: dict[str, Any]) -> torch.Generator:
-        """A generator seeded by ``seed`` and the batch's tile bounds."""
-        seed = self.seed
-        bounds = batch.get('bounds')
-        if isinstance(bounds, Tensor):
-            seed = zlib.crc32(bounds.detach().cpu().numpy().tobytes(), seed)
-        return torch.Generator().manual_seed(seed)
+    def state_dict(self) -> dict[str, Any]:
+        """The training sampler's position (Lightning saves it in checkpoints).
+
+        The same state is saved through the
+        :class:`~torchgeo_xscale.samplers.ResumableDataLoader`; Lightning restores
+        the datamodule's before the first batch is fetched in every case (the data
+        loader's only when the loader is created after the checkpoint is loaded,
+        which ``estimated_stepping_batches`` in ``configure_optimizers`` prevents).
+
+        Returns:
+            ``{'train_sampler': ...}``, or ``{}`` before ``setup('fit')``.
+        """
+        sampler = self.train_sampler
+        if isinstance(sampler, GroupedPatchSampler):
+            return {'train_sampler': sampler.state_dict()}
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the training tiles where the checkpoint left them.
+
+        Args:
+            state_dict: A :meth:`state_dict` (applied now, or in ``setup('fit')``).
+        """
+        state = state_dict.get('train_sampler')
+        if state is None:
+            return
+        if isinstance(self.train_sampler, GroupedPatchSampler):
+            self.train_sampler.load_state_dict(state)
+        else:
+            self._sampler_state = dict(state)
+
+    def _log_plan(self, sampler: GroupedPatchSampler) -> None:
+        """Say (rank 0, in Lightning's log) the groups, their share and the GSDs."""
+        for group, weight in zip(self.groups, sampler.weights):
+            rank_zero_info(
+                f'GeoTIFFDataModule: group {group.name}: {len(group.files)} file(s), '
+                f'{100 * weight:.1f}% of the training tiles, read at native resolution'
+            )
+        if self.gsd_range is not None:
+            low, high = self.views.scale_range
+            scale = self.patch_size / self.img_size
+            coarsest = scale / (low if self.views.num_views > 1 else 1)
+            rank_zero_info(
+                f'GeoTIFFDataModule: native GSD of the training tiles '
+                f'{self.gsd_range["min"]:.3g}-{self.gsd_range["max"]:.3g} m (median '
+                f'{self.gsd_range["median"]:.3g} m); the views span '
+                f'{self.gsd_range["min"] * scale:.3g}-{self.gsd_range["max"] * coarsest:.3g}'
+                f' m (r = 1 and r in [{low:.2f}, {high:.2f}])'
+            )
 
     def _dataloader_factory(self, split: str) -> DataLoader[dict[str, Any]]:
-        """TorchGeo's data loader, with page-locked batches when CUDA is available.
+        """The data loader of *split*, pinned when CUDA is available.
 
-        Pinned host memory lets Lightning copy each batch to the GPU asynchronously.
+        Training uses a :class:`~torchgeo_xscale.samplers.ResumableDataLoader`, so
+        the sampler's position is part of Lightning's checkpoints. Pinned host
+        memory lets Lightning copy each batch to the GPU asynchronously.
 
         Args:
             split: ``train``, ``val``, ``test`` or ``predict``.
@@ -419,6 +518,18 @@ class GeoTIFFDataModule(ScaleViewsMixin, GeoDataModule):
         Returns:
             The data loader.
         """
+        if split == 'train':
+            loader: DataLoader[dict[str, Any]] = ResumableDataLoader(
+                self._valid_attribute('train_dataset', 'dataset'),
+                batch_size=self.batch_size,
+                sampler=self._valid_attribute('train_sampler'),
+                num_workers=self.num_workers,
+                collate_fn=self.collate_fn,
+                drop_last=True,
+                persistent_workers=self.num_workers > 0,
+                pin_memory=torch.cuda.is_available(),
+            )
+            return loader
         loader = super()._dataloader_factory(split)
         loader.pin_memory = torch.cuda.is_available()
         return loader

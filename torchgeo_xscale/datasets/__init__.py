@@ -9,15 +9,18 @@ from .fmow import (
     FMoWInputError,
     FMoWRGB,
 )
-from .geotiff import (
-    DEFAULT_STATS_CACHE,
-    GeoTIFFDataset,
+from .geotiff import GeoTIFFDataset, GroupedGeoTIFFDataset
+from .rasters import (
+    RasterGroup,
+    RasterInfo,
     RasterInputError,
     RasterNotFoundError,
-    compute_band_stats,
+    group_rasters,
     resolve_raster_paths,
+    validate_rasters,
 )
 from .rsscn7 import RSSCN7
+from .stats import DEFAULT_STATS_CACHE, band_stats, compute_band_stats
 
 __all__ = (
     'DEFAULT_INDEX_CACHE',
@@ -29,9 +32,15 @@ __all__ = (
     'FMoWInputError',
     'FMoWRGB',
     'GeoTIFFDataset',
+    'GroupedGeoTIFFDataset',
+    'RasterGroup',
+    'RasterInfo',
     'RasterInputError',
     'RasterNotFoundError',
+    'band_stats',
     'compute_band_stats',
     'fetch_example_rasters',
+    'group_rasters',
     'resolve_raster_paths',
+    'validate_rasters',
 )

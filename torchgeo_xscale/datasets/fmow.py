@@ -112,11 +112,12 @@ class _Record:
 
 
 class FMoWRGB(NonGeoDataset):
-    """fMoW-RGB images as fixed-size, normalised tensors with their GSD.
+    """fMoW-RGB images as fixed-size tensors with their GSD.
 
     Each sample holds:
 
-    * ``image``: float32 ``(3, size, size)``, ``(x / 255 - mean) / std``;
+    * ``image``: float32 ``(3, size, size)``, the raw 8-bit values (0-255; the
+      datamodule normalises);
     * ``valid``: bool ``(1, size, size)``, all False for an image that failed to
       decode under ``on_error='skip'`` (the datamodule then gives it weight 0);
     * ``gsd``: float32 ``()``, metres per output pixel;
@@ -137,8 +138,6 @@ class FMoWRGB(NonGeoDataset):
         size: int = 128,
         crop: Literal['random', 'center', 'resize'] = 'random',
         crop_scale: tuple[float, float] = (1.0, 1.0),
-        mean: Sequence[float] = FMOW_RGB_MEAN,
-        std: Sequence[float] = FMOW_RGB_STD,
         gsd_key: str = 'gsd',
         image_suffix: str = '_rgb.jpg',
         min_image_size: int = 0,
@@ -161,8 +160,6 @@ class FMoWRGB(NonGeoDataset):
                 image (aspect not kept).
             crop_scale: ``(min, max)`` fraction of the image area a square crop
                 covers (clipped to the shorter side); ``center`` uses *max*.
-            mean: per-channel mean on [0, 1].
-            std: per-channel standard deviation on [0, 1].
             gsd_key: JSON field with the GSD in metres (Scale-MAE reads
                 ``pan_resolution_dbl``).
             image_suffix: image file suffix; the JSON sidecar replaces its extension.
@@ -184,8 +181,6 @@ class FMoWRGB(NonGeoDataset):
             'on_error': (on_error, on_error in ('skip', 'raise'), "'skip' or 'raise'"),
             'crop_scale': (crop_scale, 0 < crop_scale[0] <= crop_scale[1] <= 1, '0 < min <= max <= 1'),
             'size': (size, size >= 1, '>= 1'),
-            'mean': (mean, len(mean) == 3, '3 values (RGB)'),
-            'std': (std, len(std) == 3 and min(std) > 0, '3 values > 0 (RGB)'),
         }  # fmt: skip
         for name, (value, ok, expected) in problems.items():
             if not ok:
@@ -196,8 +191,6 @@ class FMoWRGB(NonGeoDataset):
         self.size = size
         self.crop = crop
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.gsd_key = gsd_key
         self.image_suffix = image_suffix
         self.min_image_size = min_image_size
@@ -510,8 +503,7 @@ class FMoWRGB(NonGeoDataset):
             if meta_width and meta_height:  # a re-sized copy: scale the metadata's GSD
                 gsd *= math.sqrt(meta_width * meta_height / (width * height))
             gsd *= spacing
-            image = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
-            image = (image - self.mean) / self.std
+            image = torch.from_numpy(pixels).permute(2, 0, 1).float()
             valid = torch.ones(1, size, size, dtype=torch.bool)
         sample: dict[str, Any] = {
             'image': image,

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..datasets.geotiff import (
+from ..datasets.rasters import (
     RasterInputError,
-    compute_band_stats,
     resolve_raster_paths,
     validate_rasters,
 )
+from ..datasets.stats import compute_band_stats
 from ..evaluation.encoders import FeatureEncoder, Pool, load_encoder
 from ..io import atomic_path
 from .geoparquet import GeoParquetWriter
@@ -414,7 +414,7 @@ def embed_geotiffs(
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20):
         stamp = _timestamp(timestamp)
         files = resolve_raster_paths(inputs)
-        count, indexes = validate_rasters(files, bands, feature_encoder.in_chans)
+        count, indexes, _ = validate_rasters(files, bands, feature_encoder.in_chans)
         band_list = list(indexes or range(1, count + 1))
         crs = _check_inputs(files, raster, pca)
         normalize, source, norm_info = _normalization(

@@ -27,6 +27,8 @@ from torchgeo.datasets.utils import rasterio_loader
 from torchgeo.samplers import GriddedPatchSampler
 from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
+from ..transforms import normalize
+
 __all__ = (
     'CLASSIFICATION_DATASETS',
     'IMAGENET_STATS',
@@ -311,31 +313,39 @@ def load_geotiff_tiles(
         **dataset_kwargs,
     )
     datamodule.setup('validate')
-    region: Any = datamodule.val_dataset if holdout_fraction > 0 else datamodule.dataset
-    if holdout_fraction > 0 and region is datamodule.train_dataset:
+    # One region per native-grid group: its held-out strip, or all of it.
+    regions = (
+        datamodule.val_groups if holdout_fraction > 0 else datamodule.group_datasets
+    )
+    if any(region is None for region in regions):
         msg = (
             f'{paths}: too small to hold out {holdout_fraction} of the extent in whole '
             f'patches of {holdout_patch_size or tile_size} px; expected larger rasters'
         )
         raise ValueError(msg)
-    assert region is not None
-    geometry = region.index.geometry.union_all()
-    res = region.res
-    inside = shapely.buffer(geometry, 0.5 * min(res))
     images, valid, gsd, bounds = [], [], [], []
-    for index in GriddedPatchSampler(
-        region, size=tile_size, stride=stride or tile_size
-    ):
-        x, y = index[0], index[1]
-        if not inside.contains(shapely.box(x.start, y.start, x.stop, y.stop)):
-            continue
-        sample = region[index]
-        if sample['valid'].float().mean() < min_valid_fraction:
-            continue
-        images.append(sample['image'])
-        valid.append(sample['valid'])
-        gsd.append(sample['gsd'])
-        bounds.append((x.start, y.start, x.stop, y.stop))
+    for region in regions:
+        assert region is not None
+        geometry = region.index.geometry.union_all()
+        inside = shapely.buffer(geometry, 0.5 * min(region.res))
+        for index in GriddedPatchSampler(
+            region, size=tile_size, stride=stride or tile_size
+        ):
+            x, y = index[0], index[1]
+            if not inside.contains(shapely.box(x.start, y.start, x.stop, y.stop)):
+                continue
+            sample = region[index]
+            if sample['valid'].float().mean() < min_valid_fraction:
+                continue
+            # The dataset reads raw pixels; normalise as the datamodule does.
+            images.append(
+                normalize(
+                    sample['image'], datamodule.mean, datamodule.std, sample['valid']
+                )
+            )
+            valid.append(sample['valid'])
+            gsd.append(sample['gsd'])
+            bounds.append((x.start, y.start, x.stop, y.stop))
     if not images:
         raise ValueError(
             f'{paths}: no tile of {tile_size} px with valid fraction >= {min_valid_fraction}'

@@ -51,9 +51,11 @@ from lightning.pytorch import (
     seed_everything,
 )
 from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from ..datamodules.geotiff import GeoTIFFDataModule, ScaleViewsMixin
+from ..datamodules.geotiff import GeoTIFFDataModule
+from ..datamodules.pretraining import PretrainDataModuleMixin
 from ..demo import DEMO_MODEL
 from ..io import AtomicCheckpointIO, atomic_path
 from ..models.cross_scale_mae import PAPER_LITERAL
@@ -228,14 +230,27 @@ def build_task(method: str, config: StudyConfig) -> LightningModule:
 
 
 class _MixedTiles(Dataset[dict[str, Any]]):
-    """Tiles of several rasters' datasets, indexed by ``(raster, GeoSlice)``."""
+    """Tiles of several rasters' datasets, indexed by ``(raster, tile)``.
 
-    def __init__(self, datasets: Sequence[Any]) -> None:
+    Each raster's raw pixels are normalised with its own statistics here (the
+    study's rasters differ in radiometry); the device-side augmentation then uses
+    the identity (mean 0, std 1).
+    """
+
+    def __init__(
+        self, datasets: Sequence[Any], stats: Sequence[tuple[Tensor, Tensor]]
+    ) -> None:
         self.datasets = list(datasets)
+        self.stats = [(m.view(-1, 1, 1), s.view(-1, 1, 1)) for m, s in stats]
 
     def __getitem__(self, key: tuple[int, Any]) -> dict[str, Any]:  # type: ignore[override]
         raster, index = key
-        return dict(self.datasets[raster][index])
+        sample = dict(self.datasets[raster][index])
+        mean, std = self.stats[raster]
+        valid = sample['valid']
+        image = torch.nan_to_num(sample['image'].float())
+        sample['image'] = torch.where(valid, (image - mean) / std, 0.0)
+        return sample
 
 
 class _MixedSampler(Sampler[tuple[int, Any]]):
@@ -267,7 +282,7 @@ class _MixedSampler(Sampler[tuple[int, Any]]):
         return iter([items[j] for j in order])
 
 
-class StudyDataModule(ScaleViewsMixin, LightningDataModule):
+class StudyDataModule(PretrainDataModuleMixin, LightningDataModule):
     """Pretraining tiles from several rasters, each with its own bands and split.
 
     One :class:`~torchgeo_xscale.datamodules.GeoTIFFDataModule` per raster reads it
@@ -330,8 +345,18 @@ class StudyDataModule(ScaleViewsMixin, LightningDataModule):
         ]
         self.batch_size = batch_size
         self.num_workers = num_workers
+        bands = {len(b) for _, b in rasters if b}
+        n_bands = bands.pop() if len(bands) == 1 else 3
         self._init_views(
-            img_size, min_valid_fraction, seed, scale_range, num_views, view_mode, True
+            img_size,
+            min_valid_fraction,
+            seed,
+            scale_range,
+            num_views,
+            view_mode,
+            True,
+            mean=[0.0] * n_bands,
+            std=[1.0] * n_bands,
         )
 
     def setup(self, stage: str) -> None:
@@ -354,16 +379,16 @@ class StudyDataModule(ScaleViewsMixin, LightningDataModule):
             The data loader.
         """
         return DataLoader(
-            _MixedTiles([c.train_dataset for c in self.children]),
+            _MixedTiles(
+                [c.train_dataset for c in self.children],
+                [(c.mean, c.std) for c in self.children],
+            ),
             batch_size=self.batch_size,
             sampler=self.train_sampler,  # type: ignore[arg-type]
             num_workers=self.num_workers,
             collate_fn=default_collate,
             persistent_workers=False,
         )
-
-    def _val_generator(self, batch: dict[str, Any]) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed)
 
 
 def _datamodule(

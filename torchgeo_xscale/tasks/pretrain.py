@@ -4,7 +4,6 @@ import inspect
 import logging
 import math
 import os
-import zlib
 from typing import Any
 
 import torch
@@ -15,7 +14,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchgeo.tasks.base import BaseTask
 
 from ..checkpoints import STRUCTURE_KEY, load_into, model_structure, resolve
+from ..gsd import GSDRecorder
 from ..models.cross_scale_mae import CrossScaleMAE, CrossScaleMAEOutput
+from ..seeding import key_seed
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +50,18 @@ class CrossScaleMAETask(BaseTask):
     """Self-supervised pretraining with Cross-Scale MAE.
 
     Batches come from a datamodule that already made the scale views (keys ``views``,
-    ``view_gsd``, ``view_valid``, ``sample_weight``, as
-    :class:`~torchgeo_xscale.datamodules.GeoTIFFDataModule` does in its
-    ``on_after_batch_transfer``); a batch with only ``image`` (any TorchGeo
-    datamodule) gets its views made here with default
-    :class:`~torchgeo_xscale.transforms.ScaleViews` settings.
+    ``view_gsd``, ``view_valid``, ``sample_weight``), as
+    :class:`~torchgeo_xscale.datamodules.GeoTIFFDataModule` and
+    :class:`~torchgeo_xscale.datamodules.FMoWDataModule` do in their
+    ``on_after_batch_transfer``; the task never makes views. Any other TorchGeo
+    datamodule works once :class:`~torchgeo_xscale.datamodules.PretrainDataModuleMixin`
+    is mixed into it; a batch without views stops with an error saying so.
+
+    Each training epoch it logs the range of view GSDs the model saw
+    (``view_gsd_min``, ``view_gsd_median``, ``view_gsd_max``, and a TensorBoard
+    histogram ``view_gsd``), and every checkpoint records the native GSD range of the
+    training tiles as ``checkpoint['xscale_gsd'] = {'min', 'median', 'max'}`` (metres
+    per pixel).
 
     With ``loss_cc=False, loss_cp=False`` and one view it is a plain MAE on the same
     code, for equal-budget comparisons.
@@ -195,7 +203,8 @@ class CrossScaleMAETask(BaseTask):
         self.nonfinite_skips = 0
         self._pending: tuple[Tensor, dict[str, Any], int] | None = None
         self._val_batches = 0
-        self._scale_views: torch.nn.Module | None = None
+        self._view_gsd = GSDRecorder()  # this epoch's views
+        self._tile_gsd = GSDRecorder()  # every training tile so far
 
     def configure_models(self) -> None:
         """Build Cross-Scale MAE and load starting weights if given."""
@@ -250,30 +259,53 @@ class CrossScaleMAETask(BaseTask):
         return int(batch) * trainer.world_size * trainer.accumulate_grad_batches
 
     # ----------------------------------------------------------------- steps
-    def make_views(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Ensure the batch has scale views (made here if the datamodule did not).
+    def setup(self, stage: str) -> None:
+        """Check the datamodule's band count against ``in_chans`` before step 0.
+
+        Args:
+            stage: 'fit', 'validate', 'test' or 'predict'.
+
+        Raises:
+            ValueError: If the datamodule's tiles have another band count than the
+                model, naming a file and what to set.
+        """
+        datamodule = getattr(self._trainer, 'datamodule', None)
+        bands = getattr(datamodule, 'num_bands', None)
+        in_chans = self.hparams['in_chans']
+        if isinstance(bands, int) and bands != in_chans:
+            source = (
+                getattr(datamodule, 'band_source', None) or type(datamodule).__name__
+            )
+            msg = (
+                f'{source}: the data has {bands} bands to read, the model in_chans='
+                f'{in_chans}; expected --model.init_args.in_chans {bands} (or '
+                f'--data.init_args.bands with {in_chans} bands)'
+            )
+            raise ValueError(msg)
+
+    @staticmethod
+    def require_views(batch: dict[str, Any]) -> Tensor:
+        """The batch's scale views, or a clear error if the datamodule made none.
 
         Args:
             batch: Collated batch on the device.
 
         Returns:
-            The batch with ``views`` and ``view_gsd``.
-        """
-        if 'views' in batch:
-            return batch
-        if self._scale_views is None:
-            from ..transforms import ScaleViews
+            ``views`` ``(B, V, C, H, W)``.
 
-            num_views = 2 if (self.hparams['loss_cc'] or self.hparams['loss_cp']) else 1
-            self._scale_views = ScaleViews(
-                size=self.hparams['img_size'], num_views=num_views
+        Raises:
+            KeyError: If the batch has no ``views``.
+        """
+        if 'views' not in batch:
+            msg = (
+                f'the batch has no scale views (keys {sorted(batch)}); expected a '
+                'pretraining datamodule that makes them on the device: '
+                'torchgeo_xscale.datamodules.GeoTIFFDataModule or FMoWDataModule, or a '
+                'TorchGeo datamodule with PretrainDataModuleMixin mixed in'
             )
-        image = batch['image'].float()
-        batch.setdefault('valid', torch.isfinite(image).all(1, keepdim=True))
-        batch['image'] = torch.nan_to_num(image)
-        gsd = batch.get('gsd', torch.ones(image.shape[0], device=image.device))
-        batch['gsd'] = torch.as_tensor(gsd, device=image.device, dtype=torch.float32)
-        return self._scale_views(batch)
+            raise KeyError(msg)
+        views: Tensor = batch['views']
+        return views
 
     def mask_generator(
         self, device: torch.device, stage: str
@@ -294,15 +326,72 @@ class CrossScaleMAETask(BaseTask):
         trainer = self._trainer
         if trainer is None:
             return None
-        key = f'{self.hparams["seed"]}/{trainer.global_rank}/{trainer.global_step}/{stage}'
+        key: list[object] = [self.hparams['seed'], trainer.global_rank]
+        key += [trainer.global_step, f'masks/{stage}']
         if stage != 'train':
-            key += f'/{self._val_batches}'
+            key.append(self._val_batches)
             self._val_batches += 1
-        return torch.Generator(device=device).manual_seed(zlib.crc32(key.encode()))
+        return torch.Generator(device=device).manual_seed(key_seed(*key))
 
     def on_validation_epoch_start(self) -> None:
         """Restart the validation mask sequence."""
         self._val_batches = 0
+
+    def on_train_start(self) -> None:
+        """Keep the epoch count when resuming an epoch-end checkpoint with ``max_steps``.
+
+        A checkpoint written at the end of an epoch records it as processed, not
+        yet completed. With ``max_steps`` set, Lightning 2.6 restarts such a
+        checkpoint as unfinished: it finishes that epoch a second time (with no
+        batch) and counts it as processed again, so a run that also has
+        ``max_epochs`` stops one epoch, and its steps, early. Un-counting the
+        epoch here makes the second finish count it once.
+        """
+        loop = self.trainer.fit_loop
+        if loop.restarted_on_epoch_end and self.trainer.max_steps != -1:
+            progress: Any = loop.epoch_progress.current  # a _ProcessedTracker
+            if progress.processed > progress.completed:
+                progress.processed -= 1
+
+    def on_train_epoch_start(self) -> None:
+        """Start this epoch's record of view GSDs."""
+        self._view_gsd.reset()
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's view GSDs and check L_cp for collapse."""
+        self._log_view_gsd()
+        self._check_cp_collapse()
+
+    def _log_view_gsd(self) -> None:
+        """Log the epoch's view GSDs: min, median, max and a histogram.
+
+        The scalars are reduced over processes (min, mean of the medians, max); the
+        TensorBoard histogram ``view_gsd`` holds rank 0's views.
+        """
+        summary = self._view_gsd.summary()
+        if summary is None:
+            return
+        for name, reduce in (('min', 'min'), ('median', 'mean'), ('max', 'max')):
+            value = torch.tensor(summary[name], device=self.device)
+            self.log(f'view_gsd_{name}', value, sync_dist=True, reduce_fx=reduce)
+        experiment: Any = getattr(self.logger, 'experiment', None)
+        values = self._view_gsd.values()
+        if self.trainer.is_global_zero and hasattr(experiment, 'add_histogram'):
+            assert values is not None
+            experiment.add_histogram('view_gsd', values.cpu(), self.global_step)
+
+    def training_gsd(self) -> dict[str, float] | None:
+        """Native GSD range (m) of the training tiles, for ``checkpoint['xscale_gsd']``.
+
+        Returns:
+            The datamodule's ``gsd_range`` when it has one, else the min, median and
+            max ``gsd`` of the training tiles seen so far; None if neither is known.
+        """
+        datamodule = getattr(self._trainer, 'datamodule', None)
+        known = getattr(datamodule, 'gsd_range', None)
+        if isinstance(known, dict) and {'min', 'median', 'max'} <= set(known):
+            return {k: float(known[k]) for k in ('min', 'median', 'max')}
+        return self._tile_gsd.summary()
 
     def shared_step(self, batch: dict[str, Any], stage: str) -> CrossScaleMAEOutput:
         """Run the model on a batch and log the loss parts.
@@ -314,8 +403,14 @@ class CrossScaleMAETask(BaseTask):
         Returns:
             The model output.
         """
-        batch = self.make_views(batch)
-        views = batch['views']
+        views = self.require_views(batch)
+        if stage == 'train':
+            for recorder, key in (
+                (self._view_gsd, 'view_gsd'),
+                (self._tile_gsd, 'gsd'),
+            ):
+                if isinstance(batch.get(key), Tensor):
+                    recorder.update(batch[key])
         out: CrossScaleMAEOutput = self.model(
             views,
             gsd=batch.get('view_gsd'),
@@ -417,19 +512,23 @@ class CrossScaleMAETask(BaseTask):
             self._nonfinite(*pending)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check the last step's loss before its weights are saved.
+        """Check the last step's loss before its weights are saved; record the GSDs.
 
         Args:
-            checkpoint: The checkpoint being written.
+            checkpoint: The checkpoint being written (gets ``xscale_gsd``, see
+                :meth:`training_gsd`, when known).
         """
         self._check_pending()
         checkpoint[STRUCTURE_KEY] = model_structure(self.model.encoder)
+        gsd = self.training_gsd()
+        if gsd is not None:
+            checkpoint['xscale_gsd'] = gsd
 
     def on_train_end(self) -> None:
         """Check the last step's loss."""
         self._check_pending()
 
-    def on_train_epoch_end(self) -> None:
+    def _check_cp_collapse(self) -> None:
         """Warn if L_cp's target features collapsed during the epoch.
 
         Reads the epoch mean of ``train_cp_target_std`` (one host-device sync per
@@ -516,7 +615,9 @@ class CrossScaleMAETask(BaseTask):
             gsd=batch.get('view_gsd'),
             norm_pix=self.model.norm_pix_loss,
         )
-        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        # The logger's own folder: Trainer.log_dir broadcasts (a collective call,
+        # which would hang DDP here, on rank 0 only).
+        log_dir = getattr(self.logger, 'log_dir', None) or self.trainer.default_root_dir
         path = os.path.join(
             log_dir, 'reconstructions', f'step_{self.global_step:07d}.png'
         )
