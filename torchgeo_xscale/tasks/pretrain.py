@@ -3,7 +3,6 @@
 import inspect
 import logging
 import math
-import os
 import zlib
 from typing import Any
 
@@ -16,6 +15,7 @@ from torchgeo.tasks.base import BaseTask
 
 from ..models.cross_scale_mae import CrossScaleMAE, CrossScaleMAEOutput
 from ..models.vit import resize_pos_embed
+from .figures import log_figure, resolve_log_dir
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +181,18 @@ class CrossScaleMAETask(BaseTask):
         self._pending: tuple[Tensor, dict[str, Any], int] | None = None
         self._val_batches = 0
         self._scale_views: torch.nn.Module | None = None
+        self._log_dir: str | None = None
+
+    def setup(self, stage: str) -> None:
+        """Resolve the log directory on every rank (a collective in DDP).
+
+        Figures are then saved by rank 0 alone without a collective call, which
+        would wait forever for ranks busy in the gradient all-reduce.
+
+        Args:
+            stage: ``fit``, ``validate``, ``test`` or ``predict``.
+        """
+        self._log_dir = resolve_log_dir(self.trainer)
 
     def configure_models(self) -> None:
         """Build Cross-Scale MAE and load starting weights if given."""
@@ -341,6 +353,8 @@ class CrossScaleMAETask(BaseTask):
                 on_step=False,
                 on_epoch=True,
                 batch_size=b,
+                # every rank logs it at every step, so the epoch-end reduce is symmetric
+                sync_dist=True,
             )
         return out
 
@@ -456,7 +470,8 @@ class CrossScaleMAETask(BaseTask):
         """Write a figure of both views: input / masked / reconstruction.
 
         Saved as ``<log_dir>/reconstructions/step_<N>.png`` and, with a TensorBoard
-        logger, added to it.
+        logger, added to it. Called on rank 0 only: nothing on its way is collective
+        (the log directory was resolved in :meth:`setup` on every rank).
 
         Args:
             batch: The batch (with ``views``).
@@ -464,7 +479,7 @@ class CrossScaleMAETask(BaseTask):
         """
         if out.pred is None or out.mask is None:
             return
-        from ..plotting import plot_reconstruction, save_figure
+        from ..plotting import plot_reconstruction
 
         fig = plot_reconstruction(
             batch['views'],
@@ -474,14 +489,15 @@ class CrossScaleMAETask(BaseTask):
             gsd=batch.get('view_gsd'),
             norm_pix=self.model.norm_pix_loss,
         )
-        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
-        path = os.path.join(
-            log_dir, 'reconstructions', f'step_{self.global_step:07d}.png'
+        if self._log_dir is None:  # not set up by a trainer: one process only
+            self._log_dir = resolve_log_dir(self.trainer)
+        log_figure(
+            self,
+            fig,
+            self._log_dir,
+            f'reconstructions/step_{self.global_step:07d}.png',
+            'reconstruction',
         )
-        experiment: Any = getattr(self.logger, 'experiment', None)
-        if hasattr(experiment, 'add_figure'):
-            experiment.add_figure('reconstruction', fig, self.global_step, close=False)
-        save_figure(fig, path)
 
 
 def check_compatible(

@@ -8,7 +8,6 @@ tiles, a clear error for training batches of one sample (BatchNorm), and a figur
 image / label / prediction for a few validation tiles every epoch.
 """
 
-import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -34,7 +33,8 @@ from ..models.segmentation import (
     load_pretrained_encoder,
     upernet,
 )
-from ..plotting import save_figure, to_display
+from ..plotting import to_display
+from .figures import log_figure, resolve_log_dir
 
 __all__ = ('XScaleSegmentationTask', 'plot_segmentation', 'warmup_poly')
 
@@ -207,6 +207,7 @@ class XScaleSegmentationTask(SemanticSegmentation):
         self._plot_samples: list[tuple[Tensor, Tensor, Tensor]] = []
         self.last_figure: str | None = None
         self.segmentation_meta: dict[str, Any] = {}
+        self._log_dir: str | None = None
         super().__init__(
             model=model,
             backbone=backbone,
@@ -314,6 +315,17 @@ class XScaleSegmentationTask(SemanticSegmentation):
         }
 
     # ------------------------------------------------------------------ steps
+    def setup(self, stage: str) -> None:
+        """Resolve the log directory on every rank (a collective in DDP).
+
+        The prediction figures are saved by rank 0 alone, without a collective call
+        that the other ranks would never join.
+
+        Args:
+            stage: ``fit``, ``validate``, ``test`` or ``predict``.
+        """
+        self._log_dir = resolve_log_dir(self.trainer)
+
     def on_fit_start(self) -> None:
         """Fail early on a training batch size of 1.
 
@@ -400,7 +412,13 @@ class XScaleSegmentationTask(SemanticSegmentation):
         x, y = batch['image'], batch['mask']
         y_hat = self.predict_logits(x)
         getattr(self, f'{stage}_metrics')(y_hat, y)
-        self.log(f'{stage}_loss', self.criterion(y_hat, y), batch_size=x.shape[0])
+        # every rank evaluates the same number of batches: the epoch reduce is symmetric
+        self.log(
+            f'{stage}_loss',
+            self.criterion(y_hat, y),
+            batch_size=x.shape[0],
+            sync_dist=True,
+        )
         return y_hat
 
     def validation_step(
@@ -460,13 +478,11 @@ class XScaleSegmentationTask(SemanticSegmentation):
         fig = plot_segmentation(
             images, masks, preds, self.colormap(), self.hparams['labels']
         )
-        experiment: Any = getattr(self.logger, 'experiment', None)
-        if hasattr(experiment, 'add_figure'):
-            experiment.add_figure(
-                f'predictions/{name}', fig, self.global_step, close=False
-            )
-        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
-        self.last_figure = save_figure(fig, os.path.join(log_dir, 'predictions', name))
+        if self._log_dir is None:  # not set up by a trainer: one process only
+            self._log_dir = resolve_log_dir(self.trainer)
+        self.last_figure = log_figure(
+            self, fig, self._log_dir, f'predictions/{name}', f'predictions/{name}'
+        )
 
     # -------------------------------------------------------------- metadata
     def _datamodule(self) -> Any:

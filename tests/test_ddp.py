@@ -1,0 +1,169 @@
+"""Multi-process training with the shipped configs: figures on rank 0 never hang a run.
+
+Each test runs ``xscale fit`` with a shipped config unchanged except for sizes and
+steps (image logging on, a figure due within the steps, validation on, the shipped
+``num_workers``) in 2 gloo CPU processes, under a hard timeout that kills the whole
+process group.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_segmentation import make_vaihingen
+
+from torchgeo_xscale.models.vit import build_vit
+
+REPO = Path(__file__).resolve().parents[1]
+#: Lightning's message when it falls back to CSV for want of TensorBoard.
+CSV_FALLBACK = 'will use `CSVLogger` as the default logger'
+DDP = [
+    '--trainer.devices',
+    '2',
+    '--trainer.accelerator',
+    'cpu',
+    '--trainer.strategy',
+    'ddp',
+    '--trainer.enable_progress_bar',
+    'false',
+]
+
+
+def run_xscale(args: list[str], cwd: Path, timeout: float = 240) -> tuple[int, str]:
+    """Run ``xscale ARGS`` in its own process group; kill the group on timeout.
+
+    Returns:
+        The exit status (``-9`` after a timeout) and stdout + stderr.
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'torchgeo_xscale', *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # every rank Lightning started
+        out, _ = proc.communicate()
+        return -9, f'timed out after {timeout} s (hang)\n{out}'
+    return proc.returncode, out
+
+
+def tensorboard_tags(run: Path) -> dict[str, list[str]]:
+    """Tags of the TensorBoard event files under *run*."""
+    events = sorted(run.rglob('events.out.tfevents.*'))
+    assert events, f'no TensorBoard event file under {run}'
+    tags: dict[str, list[str]] = {}
+    for path in events:
+        accumulator = EventAccumulator(str(path), size_guidance={'images': 0})
+        accumulator.Reload()
+        for kind, names in accumulator.Tags().items():
+            if isinstance(names, list):
+                tags.setdefault(kind, []).extend(names)
+    return tags
+
+
+@pytest.mark.slow
+def test_pretraining_ddp_shipped_config_saves_figure(
+    tmp_path: Path, make_geotiff
+) -> None:
+    """The tiny pretraining config (figure due at step 0) in 2 processes finishes."""
+    make_geotiff(tmp_path / 'rasters' / 'a.tif', width=160, height=160)
+    run = tmp_path / 'run'
+    code, out = run_xscale(
+        [
+            'fit',
+            '--config',
+            str(REPO / 'configs' / 'pretrain' / 'xscale_tiny_geotiff.yaml'),
+            '--data.paths',
+            str(tmp_path / 'rasters'),
+            '--data.batch_size',
+            '4',
+            '--data.length',
+            '16',
+            '--trainer.max_epochs',
+            '1',
+            '--trainer.limit_train_batches',
+            '2',
+            '--trainer.limit_val_batches',
+            '2',
+            '--trainer.default_root_dir',
+            str(run),
+            *DDP,
+        ],
+        tmp_path,
+    )
+    assert code == 0, out[-4000:]
+    log_dir = run / 'lightning_logs' / 'version_0'
+    assert (log_dir / 'reconstructions' / 'step_0000000.png').is_file(), out[-2000:]
+    assert not list(run.rglob('version_1'))  # both ranks agreed on one folder
+    ckpt = torch.load(next(run.rglob('last.ckpt')), weights_only=False)
+    assert ckpt['global_step'] == 2
+    # TensorBoard is the default logger (no CSV fallback) and got the figure
+    assert CSV_FALLBACK not in out
+    tags = tensorboard_tags(run)
+    assert 'reconstruction' in tags['images']
+    assert {'train_loss_epoch', 'val_loss'} <= set(tags['scalars'])
+
+
+@pytest.mark.slow
+def test_segmentation_ddp_shipped_config_saves_figure(tmp_path: Path) -> None:
+    """The Vaihingen config at tiny size in 2 processes: validation figure, clean end."""
+    root = make_vaihingen(tmp_path / 'vaihingen')
+    torch.manual_seed(0)
+    vit = build_vit('tiny', embed_dim=32, depth=2, num_heads=2, img_size=64)
+    torch.save(vit.state_dict(), tmp_path / 'encoder.pth')  # offline: no download
+    run = tmp_path / 'run'
+    code, out = run_xscale(
+        [
+            'fit',
+            '--config',
+            str(REPO / 'configs' / 'segmentation' / 'vaihingen.yaml'),
+            '--data.root',
+            str(root),
+            '--data.batch_size',
+            '2',
+            '--data.patch_size',
+            '64',
+            '--data.samples_per_tile',
+            '2',
+            '--data.val_split_pct',
+            '0.5',
+            '--model.init_args.backbone',
+            'xscale_vit_tiny',
+            '--model.init_args.backbone_options',
+            '{embed_dim: 32, vit_depth: 2, num_heads: 2, img_size: 64}',
+            '--model.init_args.decoder_channels',
+            '32',
+            '--model.init_args.eval_window',
+            '64',
+            '--model.init_args.weights',
+            str(tmp_path / 'encoder.pth'),
+            '--trainer.max_epochs',
+            '1',
+            '--trainer.check_val_every_n_epoch',
+            '1',
+            '--trainer.default_root_dir',
+            str(run),
+            *DDP,
+        ],
+        tmp_path,
+    )
+    assert code == 0, out[-4000:]
+    log_dir = run / 'lightning_logs' / 'version_0'
+    assert (log_dir / 'predictions' / 'epoch_0000.png').is_file(), out[-2000:]
+    assert next(run.rglob('last.ckpt')).is_file()
+    assert CSV_FALLBACK not in out
+    tags = tensorboard_tags(run)
+    assert 'predictions/epoch_0000.png' in tags['images']
+    assert 'val_AverageJaccardIndex' in tags['scalars']
