@@ -4,7 +4,7 @@ import inspect
 import logging
 import math
 import zlib
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
@@ -15,6 +15,7 @@ from torchgeo.tasks.base import BaseTask
 
 from ..models.cross_scale_mae import CrossScaleMAE, CrossScaleMAEOutput
 from ..models.vit import resize_pos_embed
+from .checkpoint import check_checkpoint_fits
 from .figures import log_figure, resolve_log_dir
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,18 @@ class CrossScaleMAETask(BaseTask):
 
     #: Nothing is ignored: ``weights`` is a path or name, kept in the hyper-parameters.
     ignore = None
+
+    #: Hyper-parameters that ``xscale fit --ckpt_path`` takes from the command line
+    #: when they differ from the checkpoint's (they do not change what is trained);
+    #: any other difference is refused.
+    resume_settings: ClassVar[tuple[str, ...]] = (
+        'weights',
+        'compile',
+        'grad_checkpointing',
+        'log_image_every_n_steps',
+        'nonfinite',
+        'max_nonfinite_skips',
+    )
 
     def __init__(
         self,
@@ -410,6 +423,20 @@ class CrossScaleMAETask(BaseTask):
         pending, self._pending = self._pending, None
         if pending is not None and not bool(torch.isfinite(pending[0])):
             self._nonfinite(*pending)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another task, model size or band count in one line.
+
+        Args:
+            checkpoint: The checkpoint being loaded (before its weights are).
+
+        Raises:
+            ValueError: If the checkpoint does not fit this task.
+        """
+        source = self._trainer.ckpt_path if self._trainer is not None else None
+        check_checkpoint_fits(
+            self, self.hparams, checkpoint, source, strict=self.strict_loading
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the last step's loss before its weights are saved.

@@ -9,7 +9,7 @@ image / label / prediction for a few validation tiles every epoch.
 """
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -34,6 +34,7 @@ from ..models.segmentation import (
     upernet,
 )
 from ..plotting import to_display
+from .checkpoint import check_checkpoint_fits
 from .figures import log_figure, resolve_log_dir
 
 __all__ = ('XScaleSegmentationTask', 'plot_segmentation', 'warmup_poly')
@@ -120,6 +121,16 @@ class XScaleSegmentationTask(SemanticSegmentation):
     encoder state dict / pretraining checkpoint) load into its encoder; other
     backbones build as in TorchGeo.
     """
+
+    #: Hyper-parameters that ``xscale fit --ckpt_path`` takes from the command line
+    #: when they differ from the checkpoint's (they do not change what is trained).
+    resume_settings: ClassVar[tuple[str, ...]] = (
+        'weights',
+        'plot_tiles',
+        'eval_window',
+        'eval_overlap',
+        'patience',
+    )
 
     def __init__(
         self,
@@ -390,6 +401,9 @@ class XScaleSegmentationTask(SemanticSegmentation):
 
         Returns:
             ``(B, K, H, W)`` logits, or log-probabilities when windows were blended.
+            Images up to the window are padded to a multiple of the encoder's
+            stride by reflection, or by repeating the edge pixels when they are
+            smaller than the padding.
         """
         window = self.hparams['eval_window'] or getattr(
             self._datamodule(), 'patch_size', None
@@ -405,7 +419,10 @@ class XScaleSegmentationTask(SemanticSegmentation):
         stride = getattr(getattr(self.model, 'encoder', None), 'output_stride', 32)
         pad_h, pad_w = -h % stride, -w % stride
         if pad_h or pad_w:
-            return self(F.pad(x, (0, pad_w, 0, pad_h), mode='reflect'))[..., :h, :w]
+            # Reflection needs a pad smaller than the image (TorchGeo's ISPRS test
+            # tiles are 2 x 2 px); smaller images repeat their edge pixels instead.
+            mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
+            return self(F.pad(x, (0, pad_w, 0, pad_h), mode=mode))[..., :h, :w]
         return self(x)
 
     def _evaluate(self, batch: Any, stage: str) -> Tensor:
@@ -529,11 +546,19 @@ class XScaleSegmentationTask(SemanticSegmentation):
         checkpoint[META_KEY] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore post-norm blocks if the fine-tuned encoder had them.
+        """Check the checkpoint fits; restore post-norm blocks if the encoder had them.
 
         Args:
             checkpoint: The checkpoint being loaded.
+
+        Raises:
+            ValueError: If it is a checkpoint of another task, or of another model
+                size, band count or number of classes.
         """
+        source = self._trainer.ckpt_path if self._trainer is not None else None
+        check_checkpoint_fits(
+            self, self.hparams, checkpoint, source, strict=self.strict_loading
+        )
         self.segmentation_meta = checkpoint.get(META_KEY, {})
         style = self.segmentation_meta.get('residual_norm_style', 'pre')
         set_residual_norm_style(self.model, style)
