@@ -12,30 +12,10 @@ import pytest
 import rasterio
 import torch
 from conftest import write_geotiff
-from test_segmentation import _task, _tiny_overrides, make_vaihingen
+from test_segmentation import _task
 
 from torchgeo_xscale.cli import main as xscale
-from torchgeo_xscale.models.vit import build_vit
 from torchgeo_xscale.segment_cli import choose_window
-
-CONFIGS = Path(__file__).parents[1] / 'configs' / 'segmentation'
-
-
-@pytest.fixture(scope='session')
-def segmentation_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real checkpoint of XScaleSegmentationTask: the Vaihingen config at tiny size
-    (64 px training crops), written by ``xscale fit``."""
-    root = tmp_path_factory.mktemp('segmentation')
-    data = make_vaihingen(root / 'vaihingen')
-    torch.manual_seed(0)
-    vit = build_vit('tiny', embed_dim=32, depth=2, num_heads=2, img_size=64)
-    torch.save(vit.state_dict(), root / 'encoder.pth')
-    run = root / 'run'
-    config = str(CONFIGS / 'vaihingen.yaml')
-    xscale(
-        ['fit', '--config', config, *_tiny_overrides(data, run, root / 'encoder.pth')]
-    )
-    return next(run.rglob('last.ckpt'))
 
 
 @pytest.fixture(scope='module')
