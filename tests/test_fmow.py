@@ -452,5 +452,11 @@ def test_xscale_fit_paper_config_two_steps(fmow_root: Path, tmp_path: Path) -> N
     checkpoint = torch.load(last, map_location='cpu', weights_only=False)
     assert checkpoint['global_step'] == 2
     assert checkpoint['hyper_parameters']['decoder_depth'] == 1
-    metrics = next((tmp_path / 'run').rglob('metrics.csv')).read_text()
-    assert 'val_loss' in metrics and 'train_loss_cc' in metrics
+    # TensorBoard is the default logger
+    from tensorboard.backend.event_processing.event_accumulator import (
+        EventAccumulator,
+    )
+
+    events = EventAccumulator(str(next((tmp_path / 'run').rglob('events.out.*'))))
+    events.Reload()
+    assert {'val_loss', 'train_loss_cc_epoch'} <= set(events.Tags()['scalars'])

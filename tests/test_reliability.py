@@ -98,12 +98,23 @@ def config(tmp: Path, rasters: Path, callbacks: list | None = None, **trainer) -
 
 
 def step_losses(root: Path) -> dict[int, float]:
+    """Per-step training losses from CSV logs or (the default) TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import (
+        EventAccumulator,
+    )
+
     losses: dict[int, float] = {}
     for metrics in sorted(root.rglob('metrics.csv')):
         with open(metrics) as f:
             for row in csv.DictReader(f):
                 if row.get('train_loss_step'):
                     losses[int(row['step'])] = float(row['train_loss_step'])
+    for events in sorted(root.rglob('events.out.tfevents.*')):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if 'train_loss_step' in accumulator.Tags()['scalars']:
+            for event in accumulator.Scalars('train_loss_step'):
+                losses[event.step] = event.value
     return losses
 
 
