@@ -10,10 +10,12 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_geotiff
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_segmentation import make_vaihingen
 
@@ -34,13 +36,30 @@ DDP = [
 ]
 
 
-def run_xscale(args: list[str], cwd: Path, timeout: float = 240) -> tuple[int, str]:
+#: A callback that makes the loss of process 1 (only) non-finite at step 0.
+POISON_CALLBACK = textwrap.dedent(
+    """
+    from lightning.pytorch.callbacks import Callback
+
+    class PoisonRankOne(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_rank == 1 and trainer.global_step == 0:
+                batch['views'].fill_(float('nan'))
+    """
+)
+
+
+def run_xscale(
+    args: list[str], cwd: Path, timeout: float = 240, path: Path | None = None
+) -> tuple[int, str]:
     """Run ``xscale ARGS`` in its own process group; kill the group on timeout.
 
     Returns:
         The exit status (``-9`` after a timeout) and stdout + stderr.
     """
     env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    if path is not None:
+        env['PYTHONPATH'] = os.pathsep.join([str(path), env.get('PYTHONPATH', '')])
     proc = subprocess.Popen(
         [sys.executable, '-m', 'torchgeo_xscale', *args],
         cwd=cwd,
@@ -73,36 +92,39 @@ def tensorboard_tags(run: Path) -> dict[str, list[str]]:
     return tags
 
 
+def _pretrain_args(tmp_path: Path, run: Path, *extra: str) -> list[str]:
+    """The shipped tiny pretraining config at test size, 2 steps, 2 processes."""
+    make = tmp_path / 'rasters' / 'a.tif'
+    if not make.exists():
+        write_geotiff(make, width=160, height=160)
+    return [
+        'fit',
+        '--config',
+        str(REPO / 'configs' / 'pretrain' / 'xscale_tiny_geotiff.yaml'),
+        '--data.paths',
+        str(tmp_path / 'rasters'),
+        '--data.batch_size',
+        '4',
+        '--data.length',
+        '16',
+        '--trainer.max_epochs',
+        '1',
+        '--trainer.limit_train_batches',
+        '2',
+        '--trainer.limit_val_batches',
+        '2',
+        '--trainer.default_root_dir',
+        str(run),
+        *DDP,
+        *extra,
+    ]
+
+
 @pytest.mark.slow
-def test_pretraining_ddp_shipped_config_saves_figure(
-    tmp_path: Path, make_geotiff
-) -> None:
+def test_pretraining_ddp_shipped_config_saves_figure(tmp_path: Path) -> None:
     """The tiny pretraining config (figure due at step 0) in 2 processes finishes."""
-    make_geotiff(tmp_path / 'rasters' / 'a.tif', width=160, height=160)
     run = tmp_path / 'run'
-    code, out = run_xscale(
-        [
-            'fit',
-            '--config',
-            str(REPO / 'configs' / 'pretrain' / 'xscale_tiny_geotiff.yaml'),
-            '--data.paths',
-            str(tmp_path / 'rasters'),
-            '--data.batch_size',
-            '4',
-            '--data.length',
-            '16',
-            '--trainer.max_epochs',
-            '1',
-            '--trainer.limit_train_batches',
-            '2',
-            '--trainer.limit_val_batches',
-            '2',
-            '--trainer.default_root_dir',
-            str(run),
-            *DDP,
-        ],
-        tmp_path,
-    )
+    code, out = run_xscale(_pretrain_args(tmp_path, run), tmp_path)
     assert code == 0, out[-4000:]
     log_dir = run / 'lightning_logs' / 'version_0'
     assert (log_dir / 'reconstructions' / 'step_0000000.png').is_file(), out[-2000:]
@@ -114,6 +136,34 @@ def test_pretraining_ddp_shipped_config_saves_figure(
     tags = tensorboard_tags(run)
     assert 'reconstruction' in tags['images']
     assert {'train_loss_epoch', 'val_loss'} <= set(tags['scalars'])
+
+
+@pytest.mark.slow
+def test_pretraining_ddp_nonfinite_on_one_rank_stops_all(tmp_path: Path) -> None:
+    """A NaN loss in process 1 only: every process stops, naming it (no hang).
+
+    L_re only: the contrastive losses gather embeddings from every process, which
+    would spread the NaN to all of them.
+    """
+    (tmp_path / 'poison.py').write_text(POISON_CALLBACK)
+    run = tmp_path / 'run'
+    extra = ['--trainer.callbacks+=poison.PoisonRankOne']
+    extra += [
+        '--model.init_args.loss_cc',
+        'false',
+        '--model.init_args.loss_cp',
+        'false',
+    ]
+    args = _pretrain_args(tmp_path, run, *extra)
+    code, out = run_xscale(args, tmp_path, path=tmp_path)
+    assert code not in (0, -9), out[-4000:]
+    assert 'FloatingPointError: non-finite loss nan at step 0' in out
+    assert 'FloatingPointError: non-finite loss in another process at step 0' in out
+    # skipping cannot work in distributed training: refused at setup
+    extra += ['--model.init_args.nonfinite', 'skip']
+    code, out = run_xscale(_pretrain_args(tmp_path, run, *extra), tmp_path)
+    assert code not in (0, -9), out[-4000:]
+    assert "ValueError: nonfinite='skip' with 2 processes" in out
 
 
 @pytest.mark.slow

@@ -178,7 +178,9 @@ class CrossScaleMAETask(BaseTask):
                 files and bounds; on an accelerator checked one step later, and
                 always before a checkpoint is written, so the step has no
                 host-device sync) or ``skip`` (warn and skip the step, at most
-                *max_nonfinite_skips* times; reads the loss every step).
+                *max_nonfinite_skips* times; reads the loss every step; single
+                process only, as Lightning cannot skip a step in distributed
+                training). In multi-process runs all processes stop together.
             max_nonfinite_skips: Skips allowed before raising anyway.
             seed: Seed of the masks, drawn per step from (seed, rank, step), so that
                 a resumed run is exact.
@@ -204,8 +206,19 @@ class CrossScaleMAETask(BaseTask):
 
         Args:
             stage: ``fit``, ``validate``, ``test`` or ``predict``.
+
+        Raises:
+            ValueError: For ``nonfinite='skip'`` with more than one process.
         """
         self._log_dir = resolve_log_dir(self.trainer)
+        world = self.trainer.world_size
+        if stage == 'fit' and self.hparams['nonfinite'] == 'skip' and world > 1:
+            msg = (
+                f"nonfinite='skip' with {world} processes: Lightning cannot skip a "
+                "step in distributed training; expected nonfinite='raise' (all "
+                'processes stop at a non-finite loss) or a single process'
+            )
+            raise ValueError(msg)
 
     def configure_models(self) -> None:
         """Build Cross-Scale MAE and load starting weights if given."""
@@ -385,9 +398,20 @@ class CrossScaleMAETask(BaseTask):
             FloatingPointError: If the loss is not finite and skipping is not allowed
                 (or has been used up).
         """
-        if bool(torch.isfinite(loss)):
+        if self._finite_on_every_rank(bool(torch.isfinite(loss))):
             return True
         return self._nonfinite(loss, batch, self.global_step)
+
+    def _finite_on_every_rank(self, finite: bool) -> bool:
+        """Whether the loss is finite on every process (one tiny all-reduce in DDP).
+
+        Processes skip or stop together: one skipping its backward alone would leave
+        the others waiting in the gradient all-reduce forever.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return finite
+        return bool(trainer.strategy.reduce_boolean_decision(finite, all=True))
 
     def _nonfinite(self, loss: Tensor, batch: dict[str, Any], step: int) -> bool:
         """Warn and skip, or raise, for the non-finite *loss* of *batch*."""
@@ -399,6 +423,8 @@ class CrossScaleMAETask(BaseTask):
             f'non-finite loss {loss.item()} at step {step} '
             f'for batch files={files} bounds={bounds}'
         )
+        if bool(torch.isfinite(loss)):  # finite here: another process's is not
+            msg = f'non-finite loss in another process at step {step}'
         self.nonfinite_skips += 1
         allowed = self.hparams['max_nonfinite_skips']
         if self.hparams['nonfinite'] == 'skip' and self.nonfinite_skips <= allowed:
@@ -421,7 +447,11 @@ class CrossScaleMAETask(BaseTask):
         training, so a non-finite model is never saved.
         """
         pending, self._pending = self._pending, None
-        if pending is not None and not bool(torch.isfinite(pending[0])):
+        # every process has a pending loss at the same points, so the reduce in
+        # _finite_on_every_rank is called symmetrically
+        if pending is not None and not self._finite_on_every_rank(
+            bool(torch.isfinite(pending[0]))
+        ):
             self._nonfinite(*pending)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
