@@ -435,7 +435,9 @@ class CrossScaleMAETask(BaseTask):
                 allowed,
             )
             return False
-        raise FloatingPointError(msg + " (set nonfinite='skip' to skip such steps)")
+        if self._trainer is None or self._trainer.world_size == 1:
+            msg += " (set nonfinite='skip' to skip such steps)"
+        raise FloatingPointError(msg)
 
     def _check_pending(self) -> None:
         """Raise for the deferred loss check of an earlier step, if it failed.
