@@ -283,3 +283,25 @@ def logged_scalars(root: str | Path) -> dict[str, dict[int, float]]:
                     if value and tag not in ('step', 'epoch'):
                         out.setdefault(tag, {})[int(row['step'])] = float(value)
     return out
+
+
+@pytest.fixture(scope='session')
+def segmentation_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real checkpoint of XScaleSegmentationTask written by ``xscale fit`` with
+    ``configs/segmentation/vaihingen.yaml`` at tiny size (64 px crops, 1 epoch) on
+    generated ISPRS archives."""
+    import torch
+    from test_segmentation import _tiny_overrides, make_vaihingen
+
+    from torchgeo_xscale.cli import main
+    from torchgeo_xscale.models.vit import build_vit
+
+    root = tmp_path_factory.mktemp('segmentation')
+    data = make_vaihingen(root / 'vaihingen')
+    torch.manual_seed(0)
+    vit = build_vit('tiny', embed_dim=32, depth=2, num_heads=2, img_size=64)
+    torch.save(vit.state_dict(), root / 'encoder.pth')
+    config = Path(__file__).parents[1] / 'configs' / 'segmentation' / 'vaihingen.yaml'
+    overrides = _tiny_overrides(data, root / 'run', root / 'encoder.pth')
+    main(['fit', '--config', str(config), *overrides])
+    return next((root / 'run').rglob('last.ckpt'))

@@ -152,12 +152,6 @@ def write_potsdam(root: Path, size: int) -> Path:
     return root
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason='issue 20 (a): fixed on branch wp-reliability (reflect padding on tiles '
-    'smaller than the padding)',
-)
 def test_evaluation_on_torchgeo_tiny_tiles(tmp_path: Path) -> None:
     root = write_potsdam(tmp_path / 'potsdam', 2)
     datamodule = Potsdam2DDataModule(

@@ -159,33 +159,3 @@ def test_model_loss_and_gradients_equal_single_process(tmp_path: Path) -> None:
     assert torch.allclose(
         got['grad'], model.projection_head[0].weight.grad, atol=1e-6, rtol=1e-4
     )
-
-
-@pytest.mark.slow
-def test_xscale_fit_ddp_two_cpu_processes(tmp_path: Path, make_geotiff) -> None:
-    make_geotiff(tmp_path / 'rasters' / 'a.tif', width=96, height=96)
-    cfg = config(tmp_path, tmp_path / 'rasters')
-    result = xscale(
-        [
-            'fit',
-            '--config',
-            str(cfg),
-            '--trainer.strategy',
-            'ddp',
-            '--trainer.devices',
-            '2',
-            '--trainer.accelerator',
-            'cpu',
-            '--trainer.max_epochs',
-            '1',
-            '--trainer.default_root_dir',
-            str(tmp_path / 'ddp'),
-        ],
-        tmp_path,
-        timeout=400,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    ckpt = next((tmp_path / 'ddp').rglob('last.ckpt'))
-    # 12 tiles per epoch, 4 per batch per process, 2 processes: 2 steps (padded)
-    assert torch.load(ckpt, weights_only=False)['global_step'] in (1, 2)
-    assert step_losses(tmp_path / 'ddp')

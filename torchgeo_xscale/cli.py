@@ -9,8 +9,11 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 #: Extra subcommands: name -> ``module:function`` taking the remaining arguments.
 SUBCOMMANDS: dict[str, str] = {
@@ -27,6 +30,60 @@ SUBCOMMANDS: dict[str, str] = {
 def _subcommand(name: str) -> Callable[[Sequence[str]], int | None]:
     module, func = SUBCOMMANDS[name].split(':')
     return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+
+
+class XScaleCLI(LightningCLI):
+    """LightningCLI that refuses a ``--ckpt_path`` contradicting the command line.
+
+    Lightning replaces the model arguments by the checkpoint's hyper-parameters when
+    ``--ckpt_path`` is given, so a checkpoint of another size, band count or task
+    would silently be trained instead of the requested model. Here the arguments
+    given explicitly (config files and command line, not defaults) are compared with
+    the checkpoint's first (:func:`~torchgeo_xscale.tasks.checkpoint.check_resume`).
+    """
+
+    _resume_settings: dict[str, Any]
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse, then check ``--ckpt_path`` against the explicitly given model.
+
+        Args:
+            parser: The parser.
+            args: The arguments (None: ``sys.argv[1:]``).
+
+        Raises:
+            CheckpointMismatchError: If the checkpoint contradicts the command line.
+        """
+        from .tasks.checkpoint import check_resume
+
+        super().parse_arguments(parser, args)
+        self._resume_settings = {}
+        subcommand = self.config.get('subcommand')
+        ckpt_path = self.config[subcommand].get('ckpt_path') if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return  # as Lightning: only a checkpoint file's hyper-parameters are read
+        if args is None or isinstance(args, list):
+            argv = sys.argv[1:] if args is None else args
+            given = parser.parse_args(argv, defaults=False)
+        else:
+            given = parser.parse_object(args, defaults=False)
+        self._resume_settings = check_resume(ckpt_path, given[subcommand].get('model'))
+
+    def before_instantiate_classes(self) -> None:
+        """Keep the requested values of the task's ``resume_settings``."""
+        if self._resume_settings:
+            model = self.config[self.config['subcommand']]['model']
+            for key, value in self._resume_settings.items():
+                where = (
+                    'init_args'
+                    if key in (model.get('init_args') or {})
+                    else 'dict_kwargs'
+                )
+                rank_zero_info(
+                    f'--ckpt_path: {key}={value!r} from the command line '
+                    f'(the checkpoint has {model[where][key]!r})'
+                )
+                model[where][key] = value
 
 
 def lightning_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
@@ -47,7 +104,7 @@ def lightning_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
     import torchgeo_xscale.tasks
 
     os.environ.setdefault('GDAL_DISABLE_READDIR_ON_OPEN', 'EMPTY_DIR')
-    return LightningCLI(
+    return XScaleCLI(
         model_class=BaseTask,
         datamodule_class=BaseDataModule,
         seed_everything_default=0,
@@ -72,8 +129,14 @@ def main(args: Sequence[str] | None = None) -> int | None:
     Returns:
         Exit status of a subcommand, or None after a Lightning run.
     """
+    from .tasks.checkpoint import CheckpointMismatchError
+
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in SUBCOMMANDS:
         return _subcommand(argv[0])(argv[1:])
-    lightning_cli(argv)
+    try:
+        lightning_cli(argv)
+    except CheckpointMismatchError as err:
+        print(f'xscale: error: {err}', file=sys.stderr)
+        return 2
     return None

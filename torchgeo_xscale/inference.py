@@ -12,6 +12,7 @@ Memory therefore depends on ``chunk_size`` and ``window``, not on the raster's s
 Windows that straddle a vertical chunk boundary are kept for the next chunk; those
 straddling a horizontal boundary are run again (about ``window / chunk_size`` extra
 work). The outputs are written under temporary names and renamed when complete.
+With ``progress=True`` a progress bar of the grid's windows goes to stderr.
 """
 
 import contextlib
@@ -19,6 +20,7 @@ import itertools
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from rasterio.windows import Window
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .io import atomic_path
 
@@ -220,14 +223,17 @@ def _window_probs(
     prep: Callable[[np.ndarray, np.ndarray], Tensor],
     batch_size: int,
     stats: 'SegmentStats',
+    on_read: Callable[[int, int], None] = lambda r, c: None,
 ) -> Iterator[tuple[tuple[int, int], Tensor]]:
     """Read windows at *boxes* (row, col) and yield their probabilities, batch by batch.
 
     Windows without a valid pixel are skipped; at most *batch_size* windows are held.
+    *on_read* is called with each window's (row, col) once it is read.
     """
     batch: list[tuple[tuple[int, int], Tensor]] = []
     for i, (r, c) in enumerate(boxes):
         data, valid = _read_window(src, bands, r, c, window)
+        on_read(r, c)
         if valid.any():
             batch.append(((r, c), prep(data, valid)))
         if batch and (len(batch) == batch_size or i == len(boxes) - 1):
@@ -235,6 +241,21 @@ def _window_probs(
             stats.windows_run += len(batch)
             yield from ((key, p) for (key, _), p in zip(batch, probs))
             batch = []
+
+
+def _counter(bar: tqdm, chunk: Window) -> Callable[[int, int], None]:
+    """Advance *bar* once per window: when it is read in the chunk holding its corner.
+
+    Windows straddling a horizontal chunk boundary are read twice; each window's
+    top-left pixel lies in exactly one chunk, so the bar ends at the grid's size.
+    """
+    y0, x0, h, w = chunk.row_off, chunk.col_off, chunk.height, chunk.width
+
+    def on_read(r: int, c: int) -> None:
+        if y0 <= r < y0 + h and x0 <= c < x0 + w:
+            bar.update(1)
+
+    return on_read
 
 
 def _profile(
@@ -277,6 +298,7 @@ def segment_geotiff(
     nodata: int = 255,
     compress: str = 'deflate',
     gdal_cache_mb: int = 64,
+    progress: bool = False,
 ) -> SegmentStats:
     """Segment a GeoTIFF of any size into a georeferenced class raster.
 
@@ -307,6 +329,7 @@ def segment_geotiff(
         compress: GeoTIFF compression (``deflate``, ``lzw``...).
         gdal_cache_mb: GDAL's block cache while segmenting (its default, 5 % of the
             RAM, would otherwise fill with blocks of large rasters); restored after.
+        progress: Show a progress bar of the windows on stderr.
 
     Returns:
         What was done.
@@ -343,6 +366,16 @@ def segment_geotiff(
         probe = torch.zeros((1, len(bands), window, window), device=device)
         stats.num_classes = num_classes = int(model(probe).shape[1])
         with contextlib.ExitStack() as stack:
+            bar = stack.enter_context(
+                tqdm(
+                    total=stats.windows,
+                    desc=os.path.basename(output_path),
+                    unit='window',
+                    file=sys.stderr,
+                    disable=not progress,
+                    dynamic_ncols=True,
+                )
+            )
             tmp = stack.enter_context(atomic_path(output_path, suffix='.tif'))
             profile = _profile(src, 1, nodata, compress)
             dst = stack.enter_context(rasterio.open(tmp, 'w', **profile))
@@ -373,8 +406,17 @@ def segment_geotiff(
                 kept: dict[tuple[int, int], Tensor] = {}
                 todo = [k for k in boxes if k not in cache]
                 done = ((k, cache[k]) for k in boxes if k in cache)
+
                 windows = _window_probs(
-                    model, src, bands, todo, window, prep, batch_size, stats
+                    model,
+                    src,
+                    bands,
+                    todo,
+                    window,
+                    prep,
+                    batch_size,
+                    stats,
+                    _counter(bar, chunk_win),
                 )
                 for (r, c), p in itertools.chain(done, windows):
                     y0, y1 = max(r, cy), min(r + window, cy + ch)

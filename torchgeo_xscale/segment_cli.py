@@ -25,7 +25,13 @@ import torch
 
 from .io import atomic_path
 
-__all__ = ('TABLE4_MIOU', 'scale_study_main', 'segment_main', 'write_scale_table')
+__all__ = (
+    'TABLE4_MIOU',
+    'choose_window',
+    'scale_study_main',
+    'segment_main',
+    'write_scale_table',
+)
 
 #: The paper's Table 4: UPerNet mIoU of Cross-Scale MAE at 25 / 50 / 100 % scale.
 TABLE4_MIOU: dict[str, dict[float, float]] = {
@@ -35,13 +41,100 @@ TABLE4_MIOU: dict[str, dict[float, float]] = {
 
 
 def _load_task(checkpoint: str, device: torch.device) -> Any:
-    """A fine-tuned segmentation task from a checkpoint, in eval mode on *device*."""
+    """A fine-tuned segmentation task from a checkpoint, in eval mode on *device*.
+
+    Raises:
+        ValueError: If the file is not a checkpoint of
+            :class:`~torchgeo_xscale.tasks.segmentation.XScaleSegmentationTask`
+            (e.g. a pretraining checkpoint), naming what it is.
+    """
+    from .tasks import CrossScaleMAETask
+    from .tasks.checkpoint import load_checkpoint, same_class, task_class_path
     from .tasks.segmentation import XScaleSegmentationTask
 
+    state = load_checkpoint(checkpoint)
+    if 'state_dict' not in state or 'hyper_parameters' not in state:
+        msg = (
+            f'--checkpoint {checkpoint}: not a Lightning checkpoint (no state_dict / '
+            'hyper_parameters, e.g. a weights file); expected a checkpoint of '
+            'XScaleSegmentationTask (xscale fit --config configs/segmentation/...)'
+        )
+        raise ValueError(msg)
+    written_by = task_class_path(state, (XScaleSegmentationTask, CrossScaleMAETask))
+    if written_by is None or not same_class(written_by, XScaleSegmentationTask):
+        what = written_by or 'another task'
+        if written_by and same_class(written_by, CrossScaleMAETask):
+            what += ' (Cross-Scale MAE pretraining)'
+        msg = (
+            f'--checkpoint {checkpoint}: a checkpoint of {what}; expected a checkpoint '
+            'of XScaleSegmentationTask (fine-tune one with xscale fit --config '
+            'configs/segmentation/<dataset>.yaml)'
+        )
+        raise ValueError(msg)
+    del state
     task = XScaleSegmentationTask.load_from_checkpoint(
         checkpoint, map_location=device, weights_only=True
     )
     return task.eval().to(device)
+
+
+def choose_window(
+    requested: int | None,
+    crop: int | Sequence[int] | None,
+    stride: int,
+    chunk_size: int,
+    height: int,
+    width: int,
+    default: int = 512,
+) -> tuple[int, str | None]:
+    """The sliding window of ``xscale segment``, and why it differs from the crop.
+
+    An explicit *requested* window is used as given. Otherwise the training crop
+    (*crop*, from the checkpoint) is used when it fits; when it does not — not a
+    multiple of the encoder's *stride*, larger than *chunk_size*, or larger than the
+    raster — the largest window that fits is used instead and a one-line note says so.
+
+    Args:
+        requested: ``--window`` (None: not given).
+        crop: The checkpoint's training crop (``patch_size``), or None.
+        stride: The encoder's output stride (windows are multiples of it).
+        chunk_size: ``--chunk-size``.
+        height: Raster rows.
+        width: Raster columns.
+        default: Window when the checkpoint has no crop.
+
+    Returns:
+        The window and a note (None when the training crop is used unchanged).
+
+    Raises:
+        ValueError: If *requested* is not a multiple of *stride*.
+    """
+    if requested is not None:
+        if requested % stride:
+            raise ValueError(f'--window {requested}: expected a multiple of {stride}')
+        return requested, None
+    if isinstance(crop, Sequence):
+        crop = min(crop)
+    window = int(crop) if crop else default
+    reasons = [] if crop else ['the checkpoint stores no training crop']
+    if window % stride:
+        window = max(stride, window // stride * stride)
+        reasons.append(f'it is not a multiple of the encoder stride {stride}')
+    if window > chunk_size:
+        window = max(stride, chunk_size // stride * stride)
+        reasons.append(f'it is larger than --chunk-size {chunk_size}')
+    fit = -(-max(height, width) // stride) * stride
+    if window > fit:
+        window = fit
+        reasons.append(f'it is larger than the raster ({width} x {height} px)')
+    if not reasons:
+        return window, None
+    what = f'the training crop of {crop} px' if crop else f'the default {default} px'
+    note = (
+        f'{what} does not fit ({"; ".join(reasons)}): using a {window} px window '
+        '(--window sets it)'
+    )
+    return window, note
 
 
 def segment_main(argv: Sequence[str]) -> int:
@@ -84,6 +177,9 @@ def segment_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         '--gdal-cache-mb', type=int, default=64, help='GDAL block cache while running'
     )
+    parser.add_argument(
+        '--quiet', action='store_true', help='no progress bar and no summary line'
+    )
     args = parser.parse_args(argv)
 
     import rasterio
@@ -98,27 +194,39 @@ def segment_main(argv: Sequence[str]) -> int:
     for name in ('checkpoint', 'input'):
         if not os.path.isfile(getattr(args, name)):
             parser.error(f'--{name} {getattr(args, name)}: no such file')
-    task = _load_task(args.checkpoint, device)
+    try:
+        task = _load_task(args.checkpoint, device)
+    except ValueError as err:
+        parser.error(str(err))
     meta = task.segmentation_meta
     in_channels = int(task.hparams['in_channels'])
     bands = args.bands
     if bands is None and meta.get('bands') is not None:
         bands = [b + 1 for b in meta['bands']]
+    with rasterio.open(args.input) as src:
+        count, height, width = src.count, src.height, src.width
     if bands is None:
-        with rasterio.open(args.input) as src:
-            if src.count < in_channels:
-                parser.error(
-                    f'--input {args.input} has {src.count} bands; the model needs {in_channels}'
-                )
+        if count < in_channels:
+            parser.error(
+                f'--input {args.input} has {count} bands; the model needs {in_channels}'
+            )
         bands = list(range(1, in_channels + 1))
     if len(bands) != in_channels:
         parser.error(f'--bands {bands}: the model needs {in_channels} bands')
-    window = args.window or meta.get('patch_size') or 512
-    if isinstance(window, list | tuple):
-        window = min(window)
     stride = getattr(getattr(task.model, 'encoder', None), 'output_stride', 32)
-    if window % stride:
-        parser.error(f'--window {window}: expected a multiple of {stride}')
+    try:
+        window, note = choose_window(
+            args.window,
+            meta.get('patch_size'),
+            stride,
+            args.chunk_size,
+            height,
+            width,
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    if note:
+        print(f'xscale segment: {note}', file=sys.stderr)
     try:
         stats = segment_geotiff(
             task.model,
@@ -137,13 +245,16 @@ def segment_main(argv: Sequence[str]) -> int:
             colormap=meta.get('colormap') or task.colormap(),
             compress=args.compress,
             gdal_cache_mb=args.gdal_cache_mb,
+            progress=not args.quiet,
         )
     except ValueError as err:
         parser.error(str(err))
-    print(
-        f'{args.output}: {stats.width}x{stats.height} px, {stats.num_classes} classes, '
-        f'{stats.windows_run} windows run ({stats.windows} in the grid), {stats.chunks} chunks'
-    )
+    if not args.quiet:
+        print(
+            f'{args.output}: {stats.width}x{stats.height} px, {stats.num_classes} '
+            f'classes, {stats.windows_run} windows run ({stats.windows} in the grid), '
+            f'{stats.chunks} chunks'
+        )
     return 0
 
 

@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader, Dataset
 from torchgeo.datasets import RESISC45, EuroSAT, UCMerced
 from torchgeo.datasets.geo import NonGeoClassificationDataset
 from torchgeo.datasets.utils import rasterio_loader
-from torchgeo.samplers import GriddedPatchSampler
 from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
 from ..transforms import normalize
@@ -40,6 +39,7 @@ __all__ = (
     'channel_stats',
     'load_geotiff_tiles',
     'prepare_classification',
+    'tile_grid',
 )
 
 #: Names accepted by :func:`build_classification_dataset`.
@@ -267,6 +267,66 @@ class TileSet:
         return int(self.images.shape[0])
 
 
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    """``0, stride, ...`` while a tile fits in *length*, and one flush with its end."""
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
+
+
+def tile_grid(
+    geometry: Any,
+    reference: Sequence[float],
+    res: Sequence[float],
+    tile_size: int,
+    stride: int,
+) -> tuple[list[tuple[float, float, float, float]], list[tuple[int, int]]]:
+    """A grid of tiles from each part's top-left corner, the last flush to each edge.
+
+    Columns start at ``0, stride, 2 * stride, ...`` pixels from the left edge, as
+    TorchGeo's :class:`~torchgeo.samplers.GridGeoSampler` lays its chips from the
+    origin, plus a last one moved back to end at the right edge instead of
+    overhanging it; rows likewise from the top. So a raster of any size at least one
+    tile wide is covered and no tile overhangs. (TorchGeo 0.10's
+    :class:`~torchgeo.samplers.GriddedPatchSampler` centres its grid on the extent, so
+    that every tile overhangs an edge when the size is not a multiple of the stride.)
+    Corners are snapped to the pixel grid of *reference*.
+
+    Args:
+        geometry: Region (a shapely geometry in CRS units); each of its parts gets a
+            grid over its bounds.
+        reference: ``(xmin, ymin, xmax, ymax)`` whose corner the pixels align to.
+        res: ``(x, y)`` pixel size in CRS units.
+        tile_size: Tile side in pixels.
+        stride: Grid step in pixels.
+
+    Returns:
+        ``(xmin, ymin, xmax, ymax)`` of each tile, and the ``(width, height)`` in
+        pixels of each part.
+    """
+    xres, yres = res
+    boxes: list[tuple[float, float, float, float]] = []
+    sizes: list[tuple[int, int]] = []
+    for part in shapely.get_parts(geometry):
+        xmin, ymin, xmax, ymax = part.bounds
+        # Snap the part's left/top edge to the pixel grid, count whole pixels.
+        left = reference[0] + round((xmin - reference[0]) / xres) * xres
+        top = reference[3] - round((reference[3] - ymax) / yres) * yres
+        width = round((xmax - left) / xres)
+        height = round((top - ymin) / yres)
+        sizes.append((width, height))
+        if width < tile_size or height < tile_size:
+            continue
+        for row in _starts(height, tile_size, stride):
+            y1 = top - row * yres
+            for col in _starts(width, tile_size, stride):
+                x0 = float(left + col * xres)
+                x1, y0 = x0 + tile_size * xres, float(y1 - tile_size * yres)
+                boxes.append((x0, y0, x1, float(y1)))
+    return boxes, sizes
+
+
 def load_geotiff_tiles(
     paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     tile_size: int,
@@ -323,19 +383,27 @@ def load_geotiff_tiles(
             f'patches of {holdout_patch_size or tile_size} px; expected larger rasters'
         )
         raise ValueError(msg)
+    what = 'the held-out region is' if holdout_fraction > 0 else 'the rasters are'
     images, valid, gsd, bounds = [], [], [], []
-    for region in regions:
+    all_sizes: list[tuple[int, int]] = []
+    n_boxes, best = 0, 0.0
+    for region, group in zip(regions, datamodule.group_datasets, strict=True):
         assert region is not None
         geometry = region.index.geometry.union_all()
         inside = shapely.buffer(geometry, 0.5 * min(region.res))
-        for index in GriddedPatchSampler(
-            region, size=tile_size, stride=stride or tile_size
-        ):
-            x, y = index[0], index[1]
-            if not inside.contains(shapely.box(x.start, y.start, x.stop, y.stop)):
+        reference = group.index.total_bounds  # pixel grid of the group's rasters
+        boxes, sizes = tile_grid(
+            geometry, reference, region.res, tile_size, stride or tile_size
+        )
+        all_sizes += sizes
+        n_boxes += len(boxes)
+        for x0, y0, x1, y1 in boxes:
+            if not inside.contains(shapely.box(x0, y0, x1, y1)):
                 continue
-            sample = region[index]
-            if sample['valid'].float().mean() < min_valid_fraction:
+            sample = region[slice(x0, x1), slice(y0, y1)]
+            fraction = float(sample['valid'].float().mean())
+            best = max(best, fraction)
+            if fraction < min_valid_fraction:
                 continue
             # The dataset reads raw pixels; normalise as the datamodule does.
             images.append(
@@ -345,11 +413,23 @@ def load_geotiff_tiles(
             )
             valid.append(sample['valid'])
             gsd.append(sample['gsd'])
-            bounds.append((x.start, y.start, x.stop, y.stop))
-    if not images:
-        raise ValueError(
-            f'{paths}: no tile of {tile_size} px with valid fraction >= {min_valid_fraction}'
+            bounds.append((x0, y0, x1, y1))
+    sizes = all_sizes
+    if not n_boxes:
+        msg = (
+            f'{paths}: no tile of {tile_size} x {tile_size} px fits: {what} '
+            f'{", ".join(f"{w} x {h}" for w, h in sizes)} px (width x height); '
+            f'expected at least {tile_size} px on each side, or a smaller tile size'
         )
+        raise ValueError(msg)
+    if not images:
+        msg = (
+            f'{paths}: no tile of {tile_size} px with valid fraction >= '
+            f'{min_valid_fraction} ({n_boxes} tiles on {what} '
+            f'{", ".join(f"{w} x {h}" for w, h in sizes)} px; best valid fraction '
+            f'{best:.2f}); expected fewer nodata pixels or a lower min_valid_fraction'
+        )
+        raise ValueError(msg)
     keep = list(range(len(images)))
     if max_tiles is not None and len(keep) > max_tiles:
         keep = [

@@ -309,6 +309,16 @@ class CrossScaleMAE(nn.Module):
         if img_size % patch_size:
             msg = f'img_size={img_size} must be a multiple of patch_size={patch_size}'
             raise ValueError(msg)
+        if not 0.0 <= mask_ratio < 1.0:
+            msg = f'mask_ratio={mask_ratio}; expected 0 <= mask_ratio < 1 (paper: 0.75)'
+            raise ValueError(msg)
+        if loss_re and mask_ratio == 0:
+            msg = (
+                'mask_ratio=0 with loss_re=True: L_re is computed on masked patches '
+                'only and would always be 0; expected 0 < mask_ratio < 1 (paper: '
+                '0.75), or loss_re=False'
+            )
+            raise ValueError(msg)
         default_dim, default_depth, default_heads = VIT_SIZES[size]
         self.mask_ratio = mask_ratio
         self.view_masks = view_masks

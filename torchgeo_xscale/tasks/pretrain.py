@@ -3,8 +3,7 @@
 import inspect
 import logging
 import math
-import os
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
@@ -17,6 +16,8 @@ from ..checkpoints import STRUCTURE_KEY, load_into, model_structure, resolve
 from ..gsd import GSDRecorder
 from ..models.cross_scale_mae import CrossScaleMAE, CrossScaleMAEOutput
 from ..seeding import key_seed
+from .checkpoint import check_checkpoint_fits
+from .figures import log_figure, resolve_log_dir
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,18 @@ class CrossScaleMAETask(BaseTask):
 
     #: Nothing is ignored: ``weights`` is a path or name, kept in the hyper-parameters.
     ignore = None
+
+    #: Hyper-parameters that ``xscale fit --ckpt_path`` takes from the command line
+    #: when they differ from the checkpoint's (they do not change what is trained);
+    #: any other difference is refused.
+    resume_settings: ClassVar[tuple[str, ...]] = (
+        'weights',
+        'compile',
+        'grad_checkpointing',
+        'log_image_every_n_steps',
+        'nonfinite',
+        'max_nonfinite_skips',
+    )
 
     def __init__(
         self,
@@ -184,7 +197,9 @@ class CrossScaleMAETask(BaseTask):
                 files and bounds; on an accelerator checked one step later, and
                 always before a checkpoint is written, so the step has no
                 host-device sync) or ``skip`` (warn and skip the step, at most
-                *max_nonfinite_skips* times; reads the loss every step).
+                *max_nonfinite_skips* times; reads the loss every step; single
+                process only, as Lightning cannot skip a step in distributed
+                training). In multi-process runs all processes stop together.
             max_nonfinite_skips: Skips allowed before raising anyway.
             cp_collapse_floor: Floor of the L_cp collapse signal: at the end of
                 every training epoch, if the epoch mean of ``train_cp_target_std``
@@ -205,6 +220,7 @@ class CrossScaleMAETask(BaseTask):
         self._val_batches = 0
         self._view_gsd = GSDRecorder()  # this epoch's views
         self._tile_gsd = GSDRecorder()  # every training tile so far
+        self._log_dir: str | None = None
 
     def configure_models(self) -> None:
         """Build Cross-Scale MAE and load starting weights if given."""
@@ -260,15 +276,29 @@ class CrossScaleMAETask(BaseTask):
 
     # ----------------------------------------------------------------- steps
     def setup(self, stage: str) -> None:
-        """Check the datamodule's band count against ``in_chans`` before step 0.
+        """Check the set-up before step 0 and resolve the log directory.
+
+        The log directory is resolved on every rank (a collective in DDP); figures
+        are then saved by rank 0 alone without a collective call, which would wait
+        forever for ranks busy in the gradient all-reduce.
 
         Args:
             stage: 'fit', 'validate', 'test' or 'predict'.
 
         Raises:
             ValueError: If the datamodule's tiles have another band count than the
-                model, naming a file and what to set.
+                model, naming a file and what to set; for ``nonfinite='skip'`` with
+                more than one process.
         """
+        self._log_dir = resolve_log_dir(self.trainer)
+        world = self.trainer.world_size
+        if stage == 'fit' and self.hparams['nonfinite'] == 'skip' and world > 1:
+            msg = (
+                f"nonfinite='skip' with {world} processes: Lightning cannot skip a "
+                "step in distributed training; expected nonfinite='raise' (all "
+                'processes stop at a non-finite loss) or a single process'
+            )
+            raise ValueError(msg)
         datamodule = getattr(self._trainer, 'datamodule', None)
         bands = getattr(datamodule, 'num_bands', None)
         in_chans = self.hparams['in_chans']
@@ -455,6 +485,8 @@ class CrossScaleMAETask(BaseTask):
                 on_step=False,
                 on_epoch=True,
                 batch_size=b,
+                # every rank logs it at every step, so the epoch-end reduce is symmetric
+                sync_dist=True,
             )
         return out
 
@@ -472,9 +504,20 @@ class CrossScaleMAETask(BaseTask):
             FloatingPointError: If the loss is not finite and skipping is not allowed
                 (or has been used up).
         """
-        if bool(torch.isfinite(loss)):
+        if self._finite_on_every_rank(bool(torch.isfinite(loss))):
             return True
         return self._nonfinite(loss, batch, self.global_step)
+
+    def _finite_on_every_rank(self, finite: bool) -> bool:
+        """Whether the loss is finite on every process (one tiny all-reduce in DDP).
+
+        Processes skip or stop together: one skipping its backward alone would leave
+        the others waiting in the gradient all-reduce forever.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return finite
+        return bool(trainer.strategy.reduce_boolean_decision(finite, all=True))
 
     def _nonfinite(self, loss: Tensor, batch: dict[str, Any], step: int) -> bool:
         """Warn and skip, or raise, for the non-finite *loss* of *batch*."""
@@ -486,6 +529,8 @@ class CrossScaleMAETask(BaseTask):
             f'non-finite loss {loss.item()} at step {step} '
             f'for batch files={files} bounds={bounds}'
         )
+        if bool(torch.isfinite(loss)):  # finite here: another process's is not
+            msg = f'non-finite loss in another process at step {step}'
         self.nonfinite_skips += 1
         allowed = self.hparams['max_nonfinite_skips']
         if self.hparams['nonfinite'] == 'skip' and self.nonfinite_skips <= allowed:
@@ -496,7 +541,9 @@ class CrossScaleMAETask(BaseTask):
                 allowed,
             )
             return False
-        raise FloatingPointError(msg + " (set nonfinite='skip' to skip such steps)")
+        if self._trainer is None or self._trainer.world_size == 1:
+            msg += " (set nonfinite='skip' to skip such steps)"
+        raise FloatingPointError(msg)
 
     def _check_pending(self) -> None:
         """Raise for the deferred loss check of an earlier step, if it failed.
@@ -508,8 +555,26 @@ class CrossScaleMAETask(BaseTask):
         training, so a non-finite model is never saved.
         """
         pending, self._pending = self._pending, None
-        if pending is not None and not bool(torch.isfinite(pending[0])):
+        # every process has a pending loss at the same points, so the reduce in
+        # _finite_on_every_rank is called symmetrically
+        if pending is not None and not self._finite_on_every_rank(
+            bool(torch.isfinite(pending[0]))
+        ):
             self._nonfinite(*pending)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another task, model size or band count in one line.
+
+        Args:
+            checkpoint: The checkpoint being loaded (before its weights are).
+
+        Raises:
+            ValueError: If the checkpoint does not fit this task.
+        """
+        source = self._trainer.ckpt_path if self._trainer is not None else None
+        check_checkpoint_fits(
+            self, self.hparams, checkpoint, source, strict=self.strict_loading
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the last step's loss before its weights are saved; record the GSDs.
@@ -597,7 +662,8 @@ class CrossScaleMAETask(BaseTask):
         """Write a figure of both views: input / masked / reconstruction.
 
         Saved as ``<log_dir>/reconstructions/step_<N>.png`` and, with a TensorBoard
-        logger, added to it.
+        logger, added to it. Called on rank 0 only: nothing on its way is collective
+        (the log directory was resolved in :meth:`setup` on every rank).
 
         Args:
             batch: The batch (with ``views``).
@@ -605,7 +671,7 @@ class CrossScaleMAETask(BaseTask):
         """
         if out.pred is None or out.mask is None:
             return
-        from ..plotting import plot_reconstruction, save_figure
+        from ..plotting import plot_reconstruction
 
         fig = plot_reconstruction(
             batch['views'],
@@ -615,13 +681,12 @@ class CrossScaleMAETask(BaseTask):
             gsd=batch.get('view_gsd'),
             norm_pix=self.model.norm_pix_loss,
         )
-        # The logger's own folder: Trainer.log_dir broadcasts (a collective call,
-        # which would hang DDP here, on rank 0 only).
-        log_dir = getattr(self.logger, 'log_dir', None) or self.trainer.default_root_dir
-        path = os.path.join(
-            log_dir, 'reconstructions', f'step_{self.global_step:07d}.png'
+        if self._log_dir is None:  # not set up by a trainer: one process only
+            self._log_dir = resolve_log_dir(self.trainer)
+        log_figure(
+            self,
+            fig,
+            self._log_dir,
+            f'reconstructions/step_{self.global_step:07d}.png',
+            'reconstruction',
         )
-        experiment: Any = getattr(self.logger, 'experiment', None)
-        if hasattr(experiment, 'add_figure'):
-            experiment.add_figure('reconstruction', fig, self.global_step, close=False)
-        save_figure(fig, path)

@@ -8,9 +8,8 @@ tiles, a clear error for training batches of one sample (BatchNorm), and a figur
 image / label / prediction for a few validation tiles every epoch.
 """
 
-import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -34,7 +33,9 @@ from ..checkpoints import (
 )
 from ..inference import sliding_window_probs
 from ..models.segmentation import ENCODER_PREFIX, FCNHead
-from ..plotting import save_figure, to_display
+from ..plotting import to_display
+from .checkpoint import check_checkpoint_fits
+from .figures import log_figure, resolve_log_dir
 
 __all__ = ('XScaleSegmentationTask', 'plot_segmentation', 'warmup_poly')
 
@@ -120,6 +121,16 @@ class XScaleSegmentationTask(SemanticSegmentation):
     encoder state dict / pretraining checkpoint) load into its encoder; other
     backbones build as in TorchGeo.
     """
+
+    #: Hyper-parameters that ``xscale fit --ckpt_path`` takes from the command line
+    #: when they differ from the checkpoint's (they do not change what is trained).
+    resume_settings: ClassVar[tuple[str, ...]] = (
+        'weights',
+        'plot_tiles',
+        'eval_window',
+        'eval_overlap',
+        'patience',
+    )
 
     def __init__(
         self,
@@ -207,6 +218,7 @@ class XScaleSegmentationTask(SemanticSegmentation):
         self._plot_samples: list[tuple[Tensor, Tensor, Tensor]] = []
         self.last_figure: str | None = None
         self.segmentation_meta: dict[str, Any] = {}
+        self._log_dir: str | None = None
         super().__init__(
             model=model,
             backbone=backbone,
@@ -314,6 +326,17 @@ class XScaleSegmentationTask(SemanticSegmentation):
         }
 
     # ------------------------------------------------------------------ steps
+    def setup(self, stage: str) -> None:
+        """Resolve the log directory on every rank (a collective in DDP).
+
+        The prediction figures are saved by rank 0 alone, without a collective call
+        that the other ranks would never join.
+
+        Args:
+            stage: ``fit``, ``validate``, ``test`` or ``predict``.
+        """
+        self._log_dir = resolve_log_dir(self.trainer)
+
     def on_fit_start(self) -> None:
         """Fail early on a training batch size of 1.
 
@@ -378,6 +401,9 @@ class XScaleSegmentationTask(SemanticSegmentation):
 
         Returns:
             ``(B, K, H, W)`` logits, or log-probabilities when windows were blended.
+            Images up to the window are padded to a multiple of the encoder's
+            stride by reflection, or by repeating the edge pixels when they are
+            smaller than the padding.
         """
         window = self.hparams['eval_window'] or getattr(
             self._datamodule(), 'patch_size', None
@@ -393,14 +419,23 @@ class XScaleSegmentationTask(SemanticSegmentation):
         stride = getattr(getattr(self.model, 'encoder', None), 'output_stride', 32)
         pad_h, pad_w = -h % stride, -w % stride
         if pad_h or pad_w:
-            return self(F.pad(x, (0, pad_w, 0, pad_h), mode='reflect'))[..., :h, :w]
+            # Reflection needs a pad smaller than the image (TorchGeo's ISPRS test
+            # tiles are 2 x 2 px); smaller images repeat their edge pixels instead.
+            mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
+            return self(F.pad(x, (0, pad_w, 0, pad_h), mode=mode))[..., :h, :w]
         return self(x)
 
     def _evaluate(self, batch: Any, stage: str) -> Tensor:
         x, y = batch['image'], batch['mask']
         y_hat = self.predict_logits(x)
         getattr(self, f'{stage}_metrics')(y_hat, y)
-        self.log(f'{stage}_loss', self.criterion(y_hat, y), batch_size=x.shape[0])
+        # every rank evaluates the same number of batches: the epoch reduce is symmetric
+        self.log(
+            f'{stage}_loss',
+            self.criterion(y_hat, y),
+            batch_size=x.shape[0],
+            sync_dist=True,
+        )
         return y_hat
 
     def validation_step(
@@ -460,13 +495,11 @@ class XScaleSegmentationTask(SemanticSegmentation):
         fig = plot_segmentation(
             images, masks, preds, self.colormap(), self.hparams['labels']
         )
-        experiment: Any = getattr(self.logger, 'experiment', None)
-        if hasattr(experiment, 'add_figure'):
-            experiment.add_figure(
-                f'predictions/{name}', fig, self.global_step, close=False
-            )
-        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
-        self.last_figure = save_figure(fig, os.path.join(log_dir, 'predictions', name))
+        if self._log_dir is None:  # not set up by a trainer: one process only
+            self._log_dir = resolve_log_dir(self.trainer)
+        self.last_figure = log_figure(
+            self, fig, self._log_dir, f'predictions/{name}', f'predictions/{name}'
+        )
 
     # -------------------------------------------------------------- metadata
     def _datamodule(self) -> Any:
@@ -512,11 +545,19 @@ class XScaleSegmentationTask(SemanticSegmentation):
         checkpoint[META_KEY] = meta
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore post-norm blocks and a missing final norm if the encoder had them.
+        """Check the checkpoint fits; restore post-norm blocks and a missing final norm.
 
         Args:
             checkpoint: The checkpoint being loaded.
+
+        Raises:
+            ValueError: If it is a checkpoint of another task, or of another model
+                size, band count or number of classes.
         """
+        source = self._trainer.ckpt_path if self._trainer is not None else None
+        check_checkpoint_fits(
+            self, self.hparams, checkpoint, source, strict=self.strict_loading
+        )
         self.segmentation_meta = checkpoint.get(META_KEY, {})
         encoder = getattr(self.model, 'encoder', self.model)
         apply_structure(encoder, self.segmentation_meta)
