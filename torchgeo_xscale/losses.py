@@ -126,7 +126,10 @@ def info_nce(
 
 
 def cross_prediction_loss(
-    prediction: Tensor, target: Tensor, weight: Tensor | None = None
+    prediction: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    token_weight: Tensor | None = None,
 ) -> Tensor:
     """MSE between predicted and target token features (positives only).
 
@@ -134,12 +137,19 @@ def cross_prediction_loss(
         prediction: ``g_p(f_low)`` ``(B, N, D)``.
         target: ``f_high`` ``(B, N, D)``.
         weight: Optional per-sample weight ``(B,)``.
+        token_weight: Optional per-token weight ``(B, N)``; the tokens of a sample
+            are then averaged with these weights (0 leaves a token out).
 
     Returns:
         Scalar loss: weighted mean over samples of the per-token squared error
         averaged over tokens and channels.
     """
-    per_sample = (prediction.float() - target.float()).pow(2).mean(dim=(1, 2))
+    if token_weight is None:
+        per_sample = (prediction.float() - target.float()).pow(2).mean(dim=(1, 2))
+    else:
+        per_token = (prediction.float() - target.float()).pow(2).mean(dim=-1)
+        tw = token_weight.float()
+        per_sample = (per_token * tw).sum(1) / tw.sum(1).clamp_min(1e-6)
     if weight is None:
         return per_sample.mean()
     return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
