@@ -226,6 +226,25 @@ def test_easy_first_zero_weight_targets_never_reach_the_decoder() -> None:
     assert not bool(dropped.gather(1, flat).any())
 
 
+def test_lomar_group_masks_with_partial_reconstruction() -> None:
+    """LoMaR (window-local encoder): the decoder gets the visible patches and half of
+    the window targets; patches outside the windows are never decoded."""
+    model = CrossScaleMAE(
+        **TINY, mask_strategy='lomar', decoder_keep=0.5,
+        mask_options={'num_windows': 2, 'window_size': 2},
+    )  # fmt: skip
+    assert (model.num_targets, model.num_decoded_targets) == (6, 3)  # 2 x (4 - 1)
+    seen = decoder_inputs(model)
+    masks = model.draw_masks(3, 2, CPU, gen(1))
+    assert masks.groups is not None
+    out = model(views(), masks=masks)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert seen[-1][0].shape == (6, 1 + 2 + 3, 32)
+    decoded = out.decoded.transpose(0, 1).reshape(6, 16)
+    assert bool((masks.loss_weight[decoded > 0] == 1).all())  # inside the windows
+
+
 def _ddp_worker(rank: int, world: int, init_file: str) -> None:
     dist.init_process_group(
         'gloo', init_method=f'file://{init_file}', rank=rank, world_size=world
