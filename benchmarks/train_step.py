@@ -10,7 +10,10 @@ Measures, on whatever device is present (``--device``):
 
 1. ours vs the peer: images/s per view and peak memory of one Cross-Scale MAE step
    over two views vs ``torchgeo.tasks.MAE`` (lightly's masked ViT + MAE decoder, the
-   same ViT, decoder, patch, mask ratio and batch) doing one step per view;
+   same ViT, decoder, patch, mask ratio and batch) doing one step per view, with full
+   decoding and with partial reconstruction (``decoder_keep``, ``--keeps``), at the
+   chosen decoder and at the paper's (512 wide, 8 blocks, 16 heads), all timed
+   side by side in one run;
 2. achieved FLOP/s of our step (counted by ``FlopCounterMode``) vs a large matmul
    timed in the same run, in the same precision;
 3. every attention backend's step time and peak memory vs ``sdpa`` at 128 and 224 px,
@@ -45,6 +48,10 @@ from torchgeo_xscale.models import CrossScaleMAE, list_attention_backends
 from torchgeo_xscale.models.vit import VIT_SIZES
 
 PAPER_A6000 = 'paper (supplement), ViT-B 128 px b512 on an A6000: 0.282 s/step xFormers, 0.295 s/step timm'
+#: The paper's decoder: (width, blocks, heads).
+PAPER_DECODER = (512, 8, 16)
+#: Target of issue 19: partial reconstruction at 0.25 vs the peer, paper's decoder.
+PARTIAL_TARGET = 1.5
 
 
 #: (flag, default, help) of the command-line options.
@@ -87,6 +94,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         '--rasters', help='GeoTIFFs for part 4 (default: a generated 2048 px GeoTIFF)'
+    )
+    p.add_argument(
+        '--keeps',
+        type=float,
+        nargs='+',
+        default=[0.5, 0.25],
+        help='decoder_keep values of part 1 besides full decoding (1.0)',
+    )
+    p.add_argument(
+        '--no-paper-decoder',
+        action='store_true',
+        help="part 1 at the chosen decoder only (not also at the paper's 512 x 8)",
     )
     p.add_argument(
         '--skip', nargs='*', default=[], choices=['peer', 'flops', 'backends', 'data']
@@ -194,31 +213,50 @@ def attention_options(
     return {'window_size': window(args, img), 'grid_size': img // args.patch}
 
 
+Decoder = tuple[int, int, int]  # (width, blocks, heads)
+
+
+def decoder_of(args: argparse.Namespace) -> Decoder:
+    return args.decoder_dim, args.decoder_depth, args.decoder_heads
+
+
 def ours(
-    args: argparse.Namespace, img: int, attention: str, views: Tensor, autocast: Any
+    args: argparse.Namespace,
+    img: int,
+    attention: str,
+    views: Tensor,
+    autocast: Any,
+    decoder: Decoder | None = None,
+    keep: float = 1.0,
 ) -> Step:
+    dim, depth, heads = decoder or decoder_of(args)
     model = CrossScaleMAE(
-        size=args.size, img_size=img, patch_size=args.patch, decoder_embed_dim=args.decoder_dim,
-        decoder_depth=args.decoder_depth, decoder_num_heads=args.decoder_heads,
+        size=args.size, img_size=img, patch_size=args.patch, decoder_embed_dim=dim,
+        decoder_depth=depth, decoder_num_heads=heads, decoder_keep=keep,
         attention=attention, attention_options=attention_options(args, img, attention),
     ).to(views.device)  # fmt: skip
     return Step(model, lambda: model(views).loss, autocast)
 
 
-def peer(args: argparse.Namespace, img: int, views: Tensor, autocast: Any) -> Step:
+def peer(
+    args: argparse.Namespace,
+    img: int,
+    views: Tensor,
+    autocast: Any,
+    decoder_spec: Decoder | None = None,
+) -> Step:
     """``torchgeo.tasks.MAE`` with our ViT size at *img* px, one training step per view."""
     import timm
     from lightly.models.modules import MAEDecoderTIMM, MaskedVisionTransformerTIMM
     from torchgeo.tasks import MAE
 
     name = f'vit_{args.size}_patch{args.patch}_224'
-    decoder = dict(
-        decoder_depth=args.decoder_depth, decoder_num_heads=args.decoder_heads
-    )
+    dim, depth, heads = decoder_spec or decoder_of(args)
+    decoder = dict(decoder_depth=depth, decoder_num_heads=heads)
     # views are made outside the step, as for ours: no augmentation inside it
     task = MAE(
         model=name,
-        decoder_dim=args.decoder_dim,
+        decoder_dim=dim,
         size=img,
         transform=nn.Identity(),
         **decoder,
@@ -228,7 +266,7 @@ def peer(args: argparse.Namespace, img: int, views: Tensor, autocast: Any) -> St
     task.backbone = MaskedVisionTransformerTIMM(vit=vit)
     task.decoder = MAEDecoderTIMM(
         num_patches=vit.patch_embed.num_patches, patch_size=args.patch, embed_dim=vit.embed_dim,
-        decoder_embed_dim=args.decoder_dim, mlp_ratio=4.0, proj_drop_rate=0.0, attn_drop_rate=0.0,
+        decoder_embed_dim=dim, mlp_ratio=4.0, proj_drop_rate=0.0, attn_drop_rate=0.0,
         **decoder,
     )  # fmt: skip
     task.sequence_length = task.backbone.sequence_length
@@ -253,54 +291,79 @@ def verdict(ok: bool) -> str:
 def part_peer(
     args: argparse.Namespace, device: torch.device, autocast: Any, rows: Rows
 ) -> float:
+    """Ours (full and partial decoding) vs the peer at each decoder, side by side.
+
+    Returns:
+        The step's demand in samples/s (ours, full decoding, the chosen decoder).
+    """
     views = torch.randn(args.batch, 2, 3, args.img, args.img, device=device)
-    steps = {
-        'ours': ours(args, args.img, 'sdpa', views, autocast),
-        'peer': peer(args, args.img, views, autocast),
-    }
-    flops = {}
-    for key, step in steps.items():
-        with FlopCounterMode(display=False) as counter:
-            for _ in range(step.calls):
-                step.forward().backward()
-        step.opt.zero_grad(set_to_none=True)
-        flops[key] = counter.get_total_flops()
-    t = interleaved(steps, args.reps, device)
-    mem = {k: peak_memory(s.forward, s.params, device) for k, s in steps.items()}
-    n, ratio = (
-        args.batch * 2,
-        t['peer'] / t['ours'],
-    )  # view-images per step (peer: 2 steps)
-    mem_ratio = (mem['ours'] / 2) / mem['peer']
-    print(
-        f'\n[1] ours vs torchgeo.tasks.MAE, ViT-{args.size}/{args.patch}, {args.img} px, batch {args.batch} x 2 views'
-    )
-    print(
-        f'    ours: {n / t["ours"]:.1f} images/s ({t["ours"]:.3f} s for both views), peak {mem["ours"] / 2**20:.0f} MiB'
-    )
-    print(
-        f'    peer: {n / t["peer"]:.1f} images/s ({t["peer"]:.3f} s for two steps), peak {mem["peer"] / 2**20:.0f} MiB'
-    )
-    print(f'    images/s per view ratio ours/peer = {ratio:.2f} (target >= 1.0)')
-    print(
-        f'    FLOPs of both views: ours {flops["ours"] / 1e9:.1f} G, peer {flops["peer"] / 1e9:.1f} G'
-        f' (ours/peer {flops["ours"] / flops["peer"]:.2f}: projection head, predictor, InfoNCE)'
-    )
-    print(
-        f'    peak memory per view ratio ours/peer = {mem_ratio:.2f} (ours holds both views at once)'
-    )
-    rows.append(
-        (
-            'images/s per view, ours / torchgeo MAE',
-            f'{ratio:.2f}',
-            '>= 1.0',
-            verdict(ratio >= 1.0),
+    decoders = [decoder_of(args)]
+    if not args.no_paper_decoder and PAPER_DECODER not in decoders:
+        decoders.append(PAPER_DECODER)
+    keeps = [1.0, *sorted({k for k in args.keeps if k < 1.0}, reverse=True)]
+    n = args.batch * 2  # view-images per step (peer: one step per view)
+    demand = 0.0
+    for di, dec in enumerate(decoders):
+        label = f'decoder {dec[0]} x {dec[1]}'
+        steps = {
+            f'keep {k:g}': ours(args, args.img, 'sdpa', views, autocast, dec, k)
+            for k in keeps
+        }
+        steps['peer'] = peer(args, args.img, views, autocast, dec)
+        flops = {}
+        for key, step in steps.items():
+            with FlopCounterMode(display=False) as counter:
+                for _ in range(step.calls):
+                    step.forward().backward()
+            step.opt.zero_grad(set_to_none=True)
+            flops[key] = counter.get_total_flops()
+        t = interleaved(steps, args.reps, device)
+        mem = {k: peak_memory(s.forward, s.params, device) for k, s in steps.items()}
+        print(
+            f'\n[1.{di + 1}] ours vs torchgeo.tasks.MAE, ViT-{args.size}/{args.patch}, {args.img} px,'
+            f' {label}, batch {args.batch} x 2 views'
         )
-    )
-    rows.append(
-        ('peak memory per view, ours / torchgeo MAE', f'{mem_ratio:.2f}', '-', '-')
-    )
-    return args.batch / t['ours']
+        print(
+            f'    peer          : {n / t["peer"]:6.1f} images/s ({t["peer"]:.3f} s for two steps),'
+            f' {flops["peer"] / 1e9:6.1f} GFLOP, peak {mem["peer"] / 2**20:.0f} MiB'
+        )
+        for k in keeps:
+            key = f'keep {k:g}'
+            ratio, mem_ratio = t['peer'] / t[key], (mem[key] / 2) / mem['peer']
+            what = 'full decoding' if k == 1.0 else f'decoder_keep {k:g}'
+            print(
+                f'    ours {key:<9}: {n / t[key]:6.1f} images/s ({t[key]:.3f} s for both views),'
+                f' {flops[key] / 1e9:6.1f} GFLOP, peak {mem[key] / 2**20:.0f} MiB'
+                f' -> ours/peer images/s per view {ratio:.2f}, FLOPs {flops[key] / flops["peer"]:.2f},'
+                f' memory per view {mem_ratio:.2f}'
+            )
+            target, ok = '-', '-'
+            if k == 1.0 and di == 0:
+                target, ok = '>= 1.0', verdict(ratio >= 1.0)
+            if k == 0.25 and dec == PAPER_DECODER:
+                target = f'>= {PARTIAL_TARGET}'
+                ok = verdict(ratio >= PARTIAL_TARGET)
+            rows.append(
+                (
+                    f'images/s per view, ours ({what}) / torchgeo MAE, {label}',
+                    f'{ratio:.2f}',
+                    target,
+                    ok,
+                )
+            )
+            if k == 1.0 and di == 0:
+                rows.append(
+                    (
+                        f'peak memory per view, ours / torchgeo MAE, {label}',
+                        f'{mem_ratio:.2f}',
+                        '-',
+                        '-',
+                    )
+                )
+        if di == 0:
+            demand = args.batch / t['keep 1']
+        del steps
+    return demand
 
 
 def part_flops(

@@ -397,7 +397,9 @@ def test_plain_mae_with_each_strategy(name, tmp_path) -> None:
 
 
 def test_loss_weight_zero_drops_targets_from_l_re(tmp_path) -> None:
-    """LoMaR: a prediction outside the windows gets no gradient from L_re."""
+    """LoMaR: patches outside the windows are not decoded in training (decoder
+    masking); every decoded target gets a gradient from L_re. In eval mode all
+    patches are decoded and the zero-weight ones get no gradient."""
     model = CrossScaleMAE(
         **TINY, mask_strategy='lomar', mask_options={'num_windows': 1, 'window_size': 2},
         loss_cc=False, loss_cp=False,
@@ -408,12 +410,19 @@ def test_loss_weight_zero_drops_targets_from_l_re(tmp_path) -> None:
         output.register_hook(grads.append)
 
     model.decoder_pred.register_forward_hook(keep_grad)
-    model(torch.randn(2, 1, 3, 32, 32), generator=gen(0)).loss.backward()
-    per_patch = grads[0].abs().sum(-1)  # (B, N)
+    out = model(torch.randn(2, 1, 3, 32, 32), generator=gen(0))
+    out.loss.backward()
     info = model.draw_masks(2, 1, torch.device('cpu'), gen(0))  # the same masks
     targets = (info.mask * info.loss_weight) > 0
-    assert torch.equal(per_patch > 0, targets)
     assert torch.equal(targets.sum(1), torch.tensor([3, 3]))  # 2x2 window, 1 visible
+    assert torch.equal(out.decoded[:, 0] > 0, targets)
+    assert grads[0].shape[:2] == (2, 3) and bool((grads[0].abs().sum(-1) > 0).all())
+    model.eval()
+    info = model.draw_masks(2, 1, torch.device('cpu'), gen(0))
+    assert info.ids_target is None
+    model(torch.randn(2, 1, 3, 32, 32), masks=info).loss.backward()
+    per_patch = grads[1].abs().sum(-1)  # (B, N)
+    assert torch.equal(per_patch > 0, targets)
 
 
 @pytest.mark.cuda

@@ -23,8 +23,14 @@ Registered strategies (details in :mod:`torchgeo_xscale.masks` and
 How the masks of Cross-Scale MAE's two views relate (``independent``, the default,
 or ``consistent``) is the model's ``view_masks`` option and works with every
 strategy.
+
+Partial reconstruction (the model's ``decoder_keep``): :func:`num_targets` is the
+number of reconstruction targets per sample (masked patches with a positive
+``loss_weight``), a fixed function of the strategy, grid and ratio (static shapes);
+:func:`choose_targets` picks the targets the decoder computes.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -48,6 +54,10 @@ class MaskInfo:
         groups: Optional group of each visible patch ``(B, N_vis)`` (LoMaR's window
             index); the encoder then lets each patch attend only within its group.
             None means one group (attention over all visible patches).
+        ids_target: Optional flat indices of the targets the decoder reconstructs
+            ``(B, K)`` (partial reconstruction, see :func:`choose_targets`); the
+            decoder then sees the visible patches and K mask tokens only. None: the
+            decoder predicts every patch.
     """
 
     ids_keep: Tensor
@@ -55,6 +65,7 @@ class MaskInfo:
     mask: Tensor
     loss_weight: Tensor | None = None
     groups: Tensor | None = None
+    ids_target: Tensor | None = None
 
     @property
     def num_visible(self) -> int:
@@ -140,6 +151,90 @@ def random_masking(
     n = grid_h * grid_w
     noise = torch.rand(batch_size, n, generator=generator, device=device)
     return mask_from_scores(noise, num_visible(n, ratio))
+
+
+def num_targets(strategy: Any, grid_h: int, grid_w: int, ratio: float) -> int:
+    """Reconstruction targets per sample of a strategy: masked, positive weight.
+
+    A strategy with zero-weight targets (``easy-first``, ``lomar``) says how many
+    targets it leaves with a ``num_targets(grid_h, grid_w, ratio)`` method; for any
+    other it is every masked patch, ``N - num_visible(N, ratio)``. The count is the
+    same for every sample and every draw, so it fixes the decoder's token count.
+
+    Args:
+        strategy: A mask strategy (see :class:`MaskStrategy`).
+        grid_h: Patch grid rows.
+        grid_w: Patch grid columns.
+        ratio: Fraction of patches masked.
+
+    Returns:
+        T, at least 1.
+    """
+    count = getattr(strategy, 'num_targets', None)
+    if count is not None:
+        return max(1, int(count(grid_h, grid_w, ratio)))
+    n = grid_h * grid_w
+    return max(1, n - num_visible(n, ratio))
+
+
+def num_kept_targets(keep: float, targets: int) -> int:
+    """Targets the decoder reconstructs with partial reconstruction.
+
+    Args:
+        keep: Fraction of the targets, in (0, 1] (the model's ``decoder_keep``).
+        targets: T, from :func:`num_targets`.
+
+    Returns:
+        ``round(keep * T)`` (halves up), at least 1.
+
+    Raises:
+        ValueError: If *keep* is outside (0, 1].
+    """
+    if not 0.0 < keep <= 1.0:
+        msg = (
+            f'decoder_keep={keep}; expected a fraction in (0, 1] of the masked patches'
+        )
+        raise ValueError(msg)
+    return max(1, min(targets, math.floor(keep * targets + 0.5)))
+
+
+def choose_targets(
+    masks: MaskInfo,
+    num_views: int,
+    count: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The *count* targets of each view that the decoder reconstructs.
+
+    Each view keeps a uniformly random subset of its own targets (masked patches
+    with a positive ``loss_weight``; zero-weight ones are never kept), so L_re on
+    the kept targets estimates L_re on all of them without bias, as in CrossMAE's
+    partial reconstruction (Fu et al., "Rethinking Patch Dependence for Masked
+    Autoencoders", 2024). The views of a sample share the random numbers (common
+    random numbers): a patch that is a target in both views is kept in both unless
+    it falls just at one view's cut, which maximises the patches that both views
+    decode (where L_cp compares them) without biasing either view's subset. With
+    ``consistent`` masks both views keep the same targets.
+
+    Args:
+        masks: Masks of all views, view-major ``(V * B, N)``.
+        num_views: V.
+        count: K, targets kept per sample (at most the targets per sample; more
+            would keep non-targets, which then carry no L_re weight).
+        generator: Random generator (the masks' own, so a resumed run is exact).
+
+    Returns:
+        Flat patch indices ``(V * B, K)``.
+    """
+    vb, n = masks.mask.shape
+    targets = masks.mask > 0
+    if masks.loss_weight is not None:
+        targets = targets & (masks.loss_weight > 0)
+    noise = torch.rand(
+        vb // num_views, n, generator=generator, device=masks.mask.device
+    ).repeat(num_views, 1)
+    scores = noise + (~targets).to(noise.dtype) * 2.0  # non-targets last
+    return torch.argsort(scores, dim=1)[:, :count]
 
 
 _STRATEGIES: dict[str, Callable[..., MaskStrategy]] = {}

@@ -94,6 +94,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     'xscale_re_cc': {'loss_cp': False},  # L_re + L_cc
     'xscale_re_cp': {'loss_cc': False},  # L_re + L_cp
     'xscale_crop': {'view_mode': 'crop'},  # the public code's crop views
+    # partial reconstruction: the decoder computes 50 % / 25 % of the masked patches
+    'xscale_keep50': {'decoder_keep': 0.5},
+    'xscale_keep25': {'decoder_keep': 0.25},
 }
 #: What ``xscale study`` runs by default.
 DEFAULT_METHODS = (

@@ -17,14 +17,16 @@ computed separably in ``O(B N s^2 (H + W))`` without a loop over samples.
 Choices where the paper (as available) is silent:
 
 - ``drop_hardest`` (default 0.2): the fraction of masked patches, hardest first
-  (ties broken at random), given ``loss_weight`` 0. The decoder still sees them as
-  mask tokens; removing them from the decoder input to save compute needs a model
-  hook (``docs/masking.md``).
+  (ties broken at random), given ``loss_weight`` 0. Cross-Scale MAE leaves them out
+  of the decoder input in training (Efficient MAE's decoder masking: they are never
+  computed), see the model's ``decoder_keep``; :meth:`EasyFirstMasking.num_targets`
+  is the fixed count of targets that remain.
 - ``weight_power`` (default 1.0): kept targets are weighted ``d^-weight_power``
   (d = P²Dist), normalised to mean 1 over each sample's kept targets, so L_re keeps
   its scale; 0 disables the weighting.
 """
 
+import math
 from typing import Any
 
 import torch
@@ -34,6 +36,7 @@ from ..masking import (
     MaskInfo,
     MaskStrategy,
     build_mask_strategy,
+    num_targets,
     register_mask_strategy,
 )
 
@@ -129,6 +132,20 @@ class EasyFirstMasking:
         self.subdivisions = subdivisions
         self.base_name = base
         self.base: MaskStrategy = build_mask_strategy(base, **(base_options or {}))
+
+    def num_targets(self, grid_h: int, grid_w: int, ratio: float) -> int:
+        """Targets per sample left after dropping the hardest (positive weight).
+
+        Args:
+            grid_h: Patch grid rows.
+            grid_w: Patch grid columns.
+            ratio: Fraction of patches masked.
+
+        Returns:
+            ``T - floor(T * drop_hardest)``, T the base strategy's targets.
+        """
+        total = num_targets(self.base, grid_h, grid_w, ratio)
+        return total - math.floor(total * self.drop_hardest)
 
     def weights(
         self,

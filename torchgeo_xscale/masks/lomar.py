@@ -240,6 +240,21 @@ class LocalWindowMasking:
             info.groups = groups.expand(batch_size, -1)
         return info, tops, k
 
+    def num_targets(self, grid_h: int, grid_w: int, ratio: float) -> int:
+        """Reconstruction targets per sample: the masked patches inside the windows.
+
+        Args:
+            grid_h: Patch grid rows.
+            grid_w: Patch grid columns.
+            ratio: The model's mask ratio (used when ``window_ratio`` is None).
+
+        Returns:
+            ``n * (k^2 - int(k^2 (1 - r)))``.
+        """
+        r = ratio if self.window_ratio is None else self.window_ratio
+        k = fit_window_size(grid_h, grid_w, self.num_windows, self.window_size)
+        return self.num_windows * (k * k - max(1, int(k * k * (1.0 - r))))
+
     def __call__(
         self,
         batch_size: int,

@@ -16,9 +16,13 @@ L_cp departs from the paper by default: read literally (:data:`PAPER_LITERAL`) i
 collapses at small scale, so the default compares instance-normalised features at the
 positions masked in the low-scale view, with a stop-gradient on the full-scale target
 (``cp_target``, ``cp_positions``, ``cp_stop_grad``; evidence in docs/evaluation.md).
+
+Partial reconstruction (``decoder_keep``, off by default): in training the decoder
+sees the visible tokens and only a fixed number of mask tokens per view, see
+:meth:`CrossScaleMAE.forward_decoder`; L_re and L_cp then count the decoded tokens.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -32,7 +36,13 @@ from ..losses import (
     patchify,
     reconstruction_loss,
 )
-from ..masking import MaskInfo, build_mask_strategy
+from ..masking import (
+    MaskInfo,
+    build_mask_strategy,
+    choose_targets,
+    num_kept_targets,
+    num_targets,
+)
 from .local_attention import set_grid_size
 from .vit import (
     VIT_SIZES,
@@ -51,11 +61,15 @@ class CrossScaleMAEOutput:
     Attributes:
         loss: Total loss (weighted sum of the enabled parts), scalar with gradient.
         parts: Each enabled loss, detached: ``re``, ``cc``, ``cp``.
-        pred: Predicted patches ``(B, V, N, P*P*C)`` (None without a pixel head).
+        pred: Predicted patches ``(B, V, N, P*P*C)`` (None without a pixel head);
+            with partial reconstruction 0 where ``decoded`` is 0.
         mask: ``(B, V, N)``, 1 on masked patches.
         target: Target patches ``(B, V, N, P*P*C)``.
         stats: Detached diagnostics, e.g. ``cp_target_std`` and ``cp_pred_std``
             (see :meth:`CrossScaleMAE.loss_cp`): the collapse signal of L_cp.
+        decoded: ``(B, V, N)``, 1 on the masked patches the decoder reconstructed
+            in this pass (partial reconstruction); None when it predicted every
+            patch.
     """
 
     loss: Tensor
@@ -64,6 +78,7 @@ class CrossScaleMAEOutput:
     mask: Tensor | None = None
     target: Tensor | None = None
     stats: dict[str, Tensor] = field(default_factory=dict)
+    decoded: Tensor | None = None
 
 
 #: The paper's losses read literally (Eqs. 1-6 with the public code's tau): L_cp as
@@ -142,6 +157,30 @@ def batch_center(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
     return centred / (var + eps).sqrt()
 
 
+def instance_normalize(
+    x: Tensor, valid: Tensor | None = None, eps: float = 1e-6
+) -> Tensor:
+    """Normalise each channel over the tokens of its sample (zero mean, unit variance).
+
+    Args:
+        x: Features ``(B, N, D)``.
+        valid: Optional ``(B, N)``; only tokens where it is True enter the
+            statistics (the others are normalised with them but should not count).
+        eps: Added to the variance.
+
+    Returns:
+        ``(B, N, D)`` float32.
+    """
+    x = x.float()
+    if valid is None:
+        return F.instance_norm(x.transpose(1, 2), eps=eps).transpose(1, 2)
+    w = valid.to(x.dtype).unsqueeze(-1)
+    count = w.sum(1, keepdim=True).clamp_min(1.0)
+    mean = (x * w).sum(1, keepdim=True) / count
+    var = ((x - mean).pow(2) * w).sum(1, keepdim=True) / count
+    return (x - mean) / (var + eps).sqrt()
+
+
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Two-layer MLP with LayerNorm and GELU (no cross-sample statistics).
 
@@ -185,6 +224,7 @@ class CrossScaleMAE(nn.Module):
         decoder_embed_dim: int = 512,
         decoder_depth: int = 8,
         decoder_num_heads: int = 16,
+        decoder_keep: float = 1.0,
         mlp_ratio: float = 4.0,
         mask_ratio: float = 0.75,
         mask_strategy: str = 'random',
@@ -226,6 +266,18 @@ class CrossScaleMAE(nn.Module):
             decoder_embed_dim: Decoder width (paper: 512).
             decoder_depth: Decoder blocks (paper: 8).
             decoder_num_heads: Decoder heads.
+            decoder_keep: Partial reconstruction: the fraction, in (0, 1], of each
+                view's reconstruction targets (masked patches with a positive
+                ``loss_weight``) that the decoder reconstructs in a training step,
+                ``round(decoder_keep * T)`` per sample, a fixed number (static
+                shapes). The decoder then runs on the visible tokens plus those
+                mask tokens only, L_re counts them and L_cp the patches both views
+                decode (CrossMAE-style partial reconstruction, Fu et al. 2024;
+                see :meth:`forward_decoder`). 1.0 (default) decodes every masked
+                patch as MAE does, except that zero-weight targets (``easy-first``'s
+                dropped hardest patches, masked patches outside ``lomar``'s
+                windows) are left out of the decoder input in training (Efficient
+                MAE's decoder masking). In eval mode every patch is decoded.
             mlp_ratio: MLP hidden ratio of all blocks.
             mask_ratio: Fraction of patches masked per view (paper: 0.75).
             mask_strategy: Name of a :mod:`torchgeo_xscale.masking` strategy.
@@ -319,10 +371,18 @@ class CrossScaleMAE(nn.Module):
                 '0.75), or loss_re=False'
             )
             raise ValueError(msg)
+        if decoder_keep < 1 and loss_cp and cp_target == 'batch_centered':
+            msg = (
+                f"decoder_keep={decoder_keep} with cp_target='batch_centered': with "
+                'partial reconstruction the decoded tokens are not at the same patches '
+                'in every sample; expected decoder_keep=1 or another cp_target'
+            )
+            raise ValueError(msg)
         default_dim, default_depth, default_heads = VIT_SIZES[size]
         self.mask_ratio = mask_ratio
         self.view_masks = view_masks
         self.mask_strategy = build_mask_strategy(mask_strategy, **(mask_options or {}))
+        self.decoder_keep = decoder_keep
         self.norm_pix_loss = norm_pix_loss
         self.use_re, self.use_cc, self.use_cp = loss_re, loss_cc, loss_cp
         self.loss_weights = tuple(float(w) for w in loss_weights)
@@ -355,6 +415,9 @@ class CrossScaleMAE(nn.Module):
         dim = self.encoder.embed_dim
         self.grid = self.encoder.grid_size
         num_patches = self.grid[0] * self.grid[1]
+        #: Reconstruction targets per sample, and how many the decoder computes.
+        self.num_targets = num_targets(self.mask_strategy, *self.grid, mask_ratio)
+        self.num_decoded_targets = num_kept_targets(decoder_keep, self.num_targets)
 
         # --- light decoder, shared by both views (needed by L_re and L_cp) ---
         self.has_decoder = loss_re or loss_cp
@@ -415,6 +478,11 @@ class CrossScaleMAE(nn.Module):
     ) -> MaskInfo:
         """Masks for every view of every sample, flattened view-major ``(V*B, N)``.
 
+        In training with partial reconstruction (see :meth:`partial_decoding`) the
+        targets the decoder computes are drawn next, from the same *generator*
+        (:func:`~torchgeo_xscale.masking.choose_targets`), into ``ids_target``; the
+        masks themselves are those drawn without it.
+
         Args:
             batch_size: B.
             num_views: V.
@@ -430,16 +498,54 @@ class CrossScaleMAE(nn.Module):
                 batch_size, gh, gw, self.mask_ratio, generator, device
             )
             lw, groups = m.loss_weight, m.groups
-            return MaskInfo(
+            masks = MaskInfo(
                 ids_keep=m.ids_keep.repeat(num_views, 1),
                 ids_restore=m.ids_restore.repeat(num_views, 1),
                 mask=m.mask.repeat(num_views, 1),
                 loss_weight=None if lw is None else lw.repeat(num_views, 1),
                 groups=None if groups is None else groups.repeat(num_views, 1),
             )
-        return self.mask_strategy(
-            batch_size * num_views, gh, gw, self.mask_ratio, generator, device
-        )
+        else:
+            masks = self.mask_strategy(
+                batch_size * num_views, gh, gw, self.mask_ratio, generator, device
+            )
+        return self.with_targets(masks, num_views, generator)
+
+    def partial_decoding(self, masks: MaskInfo) -> bool:
+        """Whether this pass decodes a subset of the masked patches.
+
+        True in training when fewer targets are decoded than patches are masked:
+        ``decoder_keep < 1``, or a strategy with zero-weight targets.
+
+        Args:
+            masks: The masks (only their shape is read: no host-device sync).
+
+        Returns:
+            The decision, a fixed function of the configuration and mode.
+        """
+        masked = self.num_patches - masks.num_visible
+        return self.training and self.has_decoder and self.num_decoded_targets < masked
+
+    def with_targets(
+        self,
+        masks: MaskInfo,
+        num_views: int,
+        generator: torch.Generator | None = None,
+    ) -> MaskInfo:
+        """Add the decoded targets to *masks* if this pass decodes partially.
+
+        Args:
+            masks: View-major masks ``(V*B, N)``.
+            num_views: V.
+            generator: Random generator (drawn after the masks).
+
+        Returns:
+            *masks* (unchanged when decoding fully, or when ``ids_target`` is set).
+        """
+        if masks.ids_target is not None or not self.partial_decoding(masks):
+            return masks
+        ids = choose_targets(masks, num_views, self.num_decoded_targets, generator)
+        return replace(masks, ids_target=ids)
 
     # ------------------------------------------------------------------ encoder
     def forward_encoder(
@@ -466,7 +572,14 @@ class CrossScaleMAE(nn.Module):
         gsd: Tensor | None = None,
         prenorm: bool = False,
     ) -> Tensor:
-        """Light decoder: visible latents plus mask tokens, in patch order.
+        """Light decoder: visible latents plus mask tokens.
+
+        Without ``masks.ids_target`` every patch is decoded, in patch order (MAE).
+        With it (partial reconstruction) the decoder's tokens are the CLS token, the
+        visible latents in ``ids_keep`` order and one mask token per index of
+        ``ids_target``, each given the decoder positional embedding of its patch;
+        attention (any backend: the grid positions of exactly these tokens reach
+        position-aware ones) sees only these ``1 + N_vis + K`` tokens.
 
         Args:
             latent: Encoder output ``(M, 1 + N_vis, D)``.
@@ -475,26 +588,94 @@ class CrossScaleMAE(nn.Module):
             prenorm: Return the last block's output, before ``decoder_norm``.
 
         Returns:
-            Final decoder features of the patch tokens ``(M, N, D_dec)``.
+            Final decoder features of the patch tokens: ``(M, N, D_dec)`` in patch
+            order, or ``(M, N_vis + K, D_dec)`` at the patches
+            :meth:`decoded_ids` lists.
         """
         x = self.decoder_embed(latent)
         m, n_vis1, d = x.shape
         n = self.num_patches
-        mask_tokens = self.mask_token.expand(m, n + 1 - n_vis1, -1)
-        patches = torch.cat([x[:, 1:], mask_tokens], dim=1)
-        index = masks.ids_restore.unsqueeze(-1).expand(-1, -1, d)
-        patches = torch.gather(patches, 1, index)
-        x = torch.cat([x[:, :1], patches], dim=1)
         if self.encoder.gsd_pos_embed and gsd is not None:
             ratio = gsd / self.encoder.reference_gsd
             pe = sincos_pos_embed(d, self.grid[0], ratio).to(x.device, x.dtype)
         else:
             pe = self.decoder_pos_embed
-        x = x + pe
-        ids = torch.arange(n, device=x.device).expand(m, -1)
+        if masks.ids_target is None:
+            mask_tokens = self.mask_token.expand(m, n + 1 - n_vis1, -1)
+            patches = torch.cat([x[:, 1:], mask_tokens], dim=1)
+            index = masks.ids_restore.unsqueeze(-1).expand(-1, -1, d)
+            patches = torch.gather(patches, 1, index)
+            x = torch.cat([x[:, :1], patches], dim=1)
+            x = x + pe
+            ids = torch.arange(n, device=x.device).expand(m, -1)
+        else:
+            ids = self.decoded_ids(masks)
+            k = masks.ids_target.shape[1]
+            patch_pe = torch.gather(
+                pe[:, 1:].expand(m, -1, -1), 1, ids.unsqueeze(-1).expand(-1, -1, d)
+            )
+            patches = torch.cat([x[:, 1:], self.mask_token.expand(m, k, -1)], dim=1)
+            x = torch.cat([x[:, :1] + pe[:, :1], patches + patch_pe], dim=1)
         pos = grid_positions(ids, self.grid[1], num_prefix=1)
         x = run_blocks(self.decoder_blocks, x, pos, self.grad_checkpointing)
         return x[:, 1:] if prenorm else self.decoder_norm(x)[:, 1:]
+
+    def decoded_ids(self, masks: MaskInfo) -> Tensor:
+        """Patch of each token :meth:`forward_decoder` returns.
+
+        Args:
+            masks: The masks.
+
+        Returns:
+            ``(M, N_vis + K)``: ``ids_keep`` then ``ids_target``; ``(M, N)`` patch
+            order without ``ids_target``.
+        """
+        if masks.ids_target is None:
+            m = masks.mask.shape[0]
+            return torch.arange(self.num_patches, device=masks.mask.device).expand(
+                m, -1
+            )
+        return torch.cat([masks.ids_keep, masks.ids_target], dim=1)
+
+    def cp_pairs(self, feats: Tensor, masks: MaskInfo, b: int) -> tuple[Tensor, Tensor]:
+        """Pair the two views' decoder tokens by patch for L_cp (partial decoding).
+
+        L_cp compares token i of one view with token i of the other, so with partial
+        reconstruction it counts the patches that *both* views decode. The
+        low-scale view's decoded tokens are taken as they are, and each is paired
+        with the full-scale view's token of the same patch where that view decoded
+        it (token weight 1); the other pairs get weight 0 (shapes stay static).
+        Patches visible in both views are always decoded by both while a target is
+        decoded with probability K / T (:func:`~torchgeo_xscale.masking.choose_targets`
+        keeps a uniform subset of each view's targets, shared between the views as
+        far as possible), so visible-visible pairs get weight K / T: every kind of
+        pair (visible or masked in each view) then enters L_cp with about the share
+        it has with full decoding.
+
+        Args:
+            feats: Decoder features of both views ``(2B, N_vis + K, D_dec)``,
+                view-major, at :meth:`decoded_ids`.
+            masks: Their masks (with ``ids_target``).
+            b: B.
+
+        Returns:
+            Paired features ``(2B, N_vis + K, D_dec)`` (full-scale target first,
+            then the low-scale view's tokens, token i of each at the same patch) and
+            token weights ``(B, N_vis + K)``.
+        """
+        ids = self.decoded_ids(masks)
+        ids_h, ids_l = ids[:b], ids[b : 2 * b]
+        f_h, f_l = feats[:b], feats[b : 2 * b]
+        d = f_h.shape[-1]
+        grid = f_h.new_zeros(b, self.num_patches, d)
+        grid = grid.scatter(1, ids_h.unsqueeze(-1).expand(-1, -1, d), f_h)
+        target = torch.gather(grid, 1, ids_l.unsqueeze(-1).expand(-1, -1, d))
+        decoded_h = masks.mask.new_zeros(b, self.num_patches)
+        decoded_h = decoded_h.scatter(1, ids_h, 1.0).gather(1, ids_l)
+        visible = (1 - masks.mask[:b]) * (1 - masks.mask[b : 2 * b])
+        share = self.num_decoded_targets / self.num_targets
+        pair_weight = 1.0 - (1.0 - share) * visible.gather(1, ids_l)
+        return torch.cat([target, f_l], dim=0), decoded_h * pair_weight
 
     # ------------------------------------------------------------------ losses
     def pool_encoder(self, latent: Tensor) -> Tensor:
@@ -532,6 +713,7 @@ class CrossScaleMAE(nn.Module):
         b: int,
         weight: Tensor,
         token_weight: Tensor | None = None,
+        valid: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """L_cp: g_p(low-scale decoder features) predicts the full-scale ones.
 
@@ -577,7 +759,11 @@ class CrossScaleMAE(nn.Module):
             weight: Per-sample weight ``(B,)``.
             token_weight: Optional ``(B, N)`` weight of each token pair (e.g. 1 on
                 the positions masked in the low-scale view, ``cp_positions``, and 0
-                on positions a partial decoder did not decode); None counts all.
+                on tokens one view did not decode with partial reconstruction, see
+                :meth:`cp_pairs`); None counts all.
+            valid: Optional ``(B, N)``, True on the token pairs that hold features of
+                both views (partial reconstruction); ``instance_norm`` takes its
+                statistics over these only. None: all.
 
         Returns:
             The scalar loss and detached diagnostics: ``cp_target_std`` and
@@ -608,7 +794,13 @@ class CrossScaleMAE(nn.Module):
             ),
         }
         if self.cp_negatives:  # token-averaged features, before any normalisation
-            loss = info_nce(pred.mean(1), target.mean(1), self.temperature, weight)
+            if token_weight is None:
+                pooled_pred, pooled_target = pred.mean(1), target.mean(1)
+            else:
+                tw = token_weight.unsqueeze(-1)
+                tw = tw / tw.sum(1, keepdim=True).clamp_min(1e-6)
+                pooled_pred, pooled_target = (pred * tw).sum(1), (target * tw).sum(1)
+            loss = info_nce(pooled_pred, pooled_target, self.temperature, weight)
             return loss, stats
         if self.cp_target == 'standardized':
             pred = F.layer_norm(pred.float(), (d,), eps=1e-6)
@@ -616,10 +808,9 @@ class CrossScaleMAE(nn.Module):
         elif self.cp_target == 'batch_centered':
             pred, target = batch_center(pred, weight), batch_center(target, weight)
         elif self.cp_target == 'instance_norm':
-            # (B, N, D) -> per sample and channel, over the N tokens
-            pred = F.instance_norm(pred.float().transpose(1, 2), eps=1e-6)
-            target = F.instance_norm(target.float().transpose(1, 2), eps=1e-6)
-            pred, target = pred.transpose(1, 2), target.transpose(1, 2)
+            # per sample and channel, over the sample's (decoded) tokens
+            pred = instance_normalize(pred, valid)
+            target = instance_normalize(target, valid)
         return cross_prediction_loss(pred, target, weight, token_weight), stats
 
     def loss_re(
@@ -628,7 +819,9 @@ class CrossScaleMAE(nn.Module):
         """L_re: reconstruction of the masked patches of all views.
 
         Args:
-            pred: Predicted patches ``(M, N, P*P*C)``.
+            pred: Predicted patches ``(M, N, P*P*C)``, or ``(M, K, P*P*C)`` at
+                ``masks.ids_target`` (partial reconstruction: L_re counts those
+                targets only).
             images: Views ``(M, C, H, W)``.
             masks: Their masks.
             pixel_valid: ``(M, 1, H, W)`` validity (0 also for skipped samples).
@@ -640,8 +833,24 @@ class CrossScaleMAE(nn.Module):
         valid = patchify(
             pixel_valid.expand_as(images).to(images.dtype), self.patch_size
         )
+        if masks.ids_target is None:
+            loss = reconstruction_loss(
+                pred, target, masks.mask, valid, self.norm_pix_loss, masks.loss_weight
+            )
+            return loss, target
+        ids = masks.ids_target
+
+        def at(x: Tensor) -> Tensor:
+            return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+        lw = masks.loss_weight
         loss = reconstruction_loss(
-            pred, target, masks.mask, valid, self.norm_pix_loss, masks.loss_weight
+            pred,
+            at(target),
+            masks.mask.gather(1, ids),
+            at(valid),
+            self.norm_pix_loss,
+            None if lw is None else lw.gather(1, ids),
         )
         return loss, target
 
@@ -703,11 +912,13 @@ class CrossScaleMAE(nn.Module):
 
         if masks is None:
             masks = self.draw_masks(b, v, views.device, generator)
+        else:
+            masks = self.with_targets(masks, v, generator)
         latent = self.forward_encoder(images, masks, flat_gsd)
 
         parts: dict[str, Tensor] = {}
         total = views.new_zeros(())
-        pred = target = None
+        pred = target = decoded = None
         w_re, w_cc, w_cp = self.loss_weights
         if self.use_cc:
             parts['cc'] = self.loss_cc(latent, b, weight)
@@ -715,20 +926,41 @@ class CrossScaleMAE(nn.Module):
         stats: dict[str, Tensor] = {}
         if self.has_decoder:
             block_out = self.forward_decoder(latent, masks, flat_gsd, prenorm=True)
+            ids_target = masks.ids_target
             if self.use_re:
                 assert self.decoder_pred is not None
-                pred = self.decoder_pred(self.decoder_norm(block_out))
-                parts['re'], target = self.loss_re(pred, images, masks, pixel_valid)
+                feats = self.decoder_norm(block_out)
+                if ids_target is None:
+                    pred = self.decoder_pred(feats)
+                    parts['re'], target = self.loss_re(pred, images, masks, pixel_valid)
+                else:  # only the mask tokens (after the visible ones) are predicted
+                    kept = self.decoder_pred(feats[:, masks.num_visible :])
+                    parts['re'], target = self.loss_re(kept, images, masks, pixel_valid)
+                    index = ids_target.unsqueeze(-1).expand_as(kept)
+                    pred = kept.new_zeros(*target.shape).scatter(1, index, kept)
                 total = total + w_re * parts['re']
             if self.use_cp:
-                # Token pairs L_cp counts (None: all); see cp_positions.
+                # Token pairs L_cp counts (None: all), in patch order; see cp_positions.
                 positions = {
                     'all': None,
                     'masked': masks.mask[b : 2 * b],  # masked in the low-scale view
                     'visible': 1.0 - masks.mask[:b],  # visible in the full-scale view
                 }[self.cp_positions]
-                parts['cp'], stats = self.loss_cp(block_out, b, weight, positions)
+                if ids_target is None:
+                    parts['cp'], stats = self.loss_cp(block_out, b, weight, positions)
+                else:
+                    pairs, pair_weight = self.cp_pairs(block_out, masks, b)
+                    both = pair_weight > 0  # tokens with features of both views
+                    if positions is not None:  # at the low view's decoded patches
+                        ids_low = self.decoded_ids(masks)[b : 2 * b]
+                        pair_weight = pair_weight * positions.gather(1, ids_low)
+                    parts['cp'], stats = self.loss_cp(
+                        pairs, b, weight, pair_weight, valid=both
+                    )
                 total = total + w_cp * parts['cp']
+            if ids_target is not None:
+                decoded = masks.mask.new_zeros(masks.mask.shape)
+                decoded = decoded.scatter(1, ids_target, 1.0) * masks.mask
 
         def by_view(x: Tensor | None) -> Tensor | None:
             return None if x is None else x.reshape(v, b, *x.shape[1:]).transpose(0, 1)
@@ -740,4 +972,5 @@ class CrossScaleMAE(nn.Module):
             mask=by_view(masks.mask),
             target=by_view(target),
             stats=stats,
+            decoded=by_view(decoded),
         )

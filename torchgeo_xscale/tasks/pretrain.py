@@ -97,6 +97,7 @@ class CrossScaleMAETask(BaseTask):
         decoder_embed_dim: int = 512,
         decoder_depth: int = 8,
         decoder_num_heads: int = 16,
+        decoder_keep: float = 1.0,
         mlp_ratio: float = 4.0,
         mask_ratio: float = 0.75,
         mask_strategy: str = 'random',
@@ -153,6 +154,9 @@ class CrossScaleMAETask(BaseTask):
             decoder_embed_dim: Decoder width.
             decoder_depth: Decoder blocks.
             decoder_num_heads: Decoder heads.
+            decoder_keep: Fraction of each view's reconstruction targets the
+                decoder reconstructs in a training step (partial reconstruction;
+                1.0 decodes all; validation always decodes all).
             mlp_ratio: MLP ratio.
             mask_ratio: Masked fraction per view.
             mask_strategy: Masking strategy name.
@@ -192,7 +196,8 @@ class CrossScaleMAETask(BaseTask):
             betas: AdamW betas.
             warmup_epochs: Epochs of linear warm-up (fractions allowed), then cosine.
             log_image_every_n_steps: Save a reconstruction figure of both views every
-                N training steps (0: never).
+                N training steps (0: never). With partial reconstruction the masked
+                patches that step did not decode stay blank.
             nonfinite: What a non-finite loss does: ``raise`` (stop with the batch's
                 files and bounds; on an accelerator checked one step later, and
                 always before a checkpoint is written, so the step has no
