@@ -436,5 +436,5 @@ def test_instance_normalize_counts_only_valid_tokens() -> None:
 
 
 def test_batch_centered_target_with_partial_decoding_is_refused() -> None:
-    with pytest.raises(ValueError, match="decoder_keep=0.5 with cp_target='batch_"):
+    with pytest.raises(ValueError, match=r"decoder_keep=0\.5 with cp_target='batch_"):
         CrossScaleMAE(**TINY, decoder_keep=0.5, cp_target='batch_centered')
