@@ -123,3 +123,22 @@ def test_figures_exist_and_are_small() -> None:
     for path in (DOCS / 'figures').glob('*.png'):
         if path.name.startswith(FIGURES):
             assert path.stat().st_size < 300_000, f'{path.name} is over 300 KB'
+
+
+def _code_blocks(path: Path, language: str) -> list[str]:
+    return re.findall(rf'```{language}\n(.*?)```', path.read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize(
+    'page', ['README.md', *sorted(p.name for p in DOCS.rglob('*.md'))]
+)
+def test_documented_imports_exist(page: str) -> None:
+    """Every ``import``/``from`` line of the Python examples in README and docs runs."""
+    path = ROOT / page if page == 'README.md' else next(DOCS.rglob(page))
+    for block in _code_blocks(path, 'python'):
+        for line in block.splitlines():
+            if re.match(r'(from \S+ )?import ', line) and '(' not in line:
+                exec(line, {})
+            elif re.match(r'from \S+ import \($', line):
+                names = block.split(line, 1)[1].split(')', 1)[0]
+                exec(f'{line}{names})', {})

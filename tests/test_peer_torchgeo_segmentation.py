@@ -189,13 +189,6 @@ def test_weight_file(checkpoint: str) -> None:
     assert torch.equal(task.model.encoder.blocks[1].attn.qkv.weight, state[key])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="TorchGeo's checkpoint layout (model.* / model.backbone.model.* keys) is "
-    'not among the layouts the weights loader knows: for the single resolve() of '
-    'branch wp-weights',
-)
 def test_weight_file_in_our_task(checkpoint: str) -> None:
     task = XScaleSegmentationTask(
         backbone='xscale_vit_tiny', backbone_options=OPTIONS, decoder_channels=32,

@@ -27,6 +27,11 @@ Ours: ``encoder`` (a :class:`~torchgeo_xscale.models.vit.CrossScaleViT` state di
 ``lightning`` (a checkpoint of :class:`~torchgeo_xscale.tasks.CrossScaleMAETask`,
 ``model.*``) and ``torchgeo-mae`` (a checkpoint of :class:`torchgeo.tasks.MAE`,
 ``backbone.vit.*``).
+
+TorchGeo's trainers: ``torchgeo-model`` (a checkpoint of a TorchGeo task whose ``model``
+is our ViT, ``model.*``) and ``torchgeo-backbone`` (whose ``backbone`` is, as in
+:class:`torchgeo.tasks.SemanticSegmentation`, ``model.backbone.model.*``): the keys
+:func:`torchgeo.tasks.utils.extract_backbone` extracts.
 """
 
 import argparse
@@ -58,7 +63,20 @@ logger = logging.getLogger(__name__)
 #: The authors' layouts.
 OFFICIAL_LAYOUTS = ('official-timm', 'official-xformers-post', 'official-xformers-pre')
 #: Layout names that :func:`detect_layout` returns.
-LAYOUTS = ('encoder', 'mae', 'lightning', 'torchgeo-mae', *OFFICIAL_LAYOUTS)
+LAYOUTS = (
+    'encoder',
+    'mae',
+    'lightning',
+    'torchgeo-mae',
+    'torchgeo-model',
+    'torchgeo-backbone',
+    *OFFICIAL_LAYOUTS,
+)
+#: Encoder key prefix of TorchGeo's trainers' checkpoints (torchgeo.tasks.utils).
+_TORCHGEO_PREFIXES = {
+    'torchgeo-model': 'model.',
+    'torchgeo-backbone': 'model.backbone.model.',
+}
 
 #: The authors' xFormers block sub-keys -> timm block sub-keys, per residual style.
 _XF_BLOCK = {
@@ -217,6 +235,11 @@ def detect_layout(state_dict: dict[str, Tensor]) -> str:
         return 'lightning'
     if has(re.escape(_PEER_PREFIX) + r'blocks\.'):
         return 'torchgeo-mae'
+    for layout, prefix in reversed(_TORCHGEO_PREFIXES.items()):  # longest first
+        if f'{prefix}patch_embed.proj.weight' in keys and has(
+            re.escape(prefix) + r'blocks\.'
+        ):
+            return layout
     if has(r'encoder\.encoders\.\d+\.wrap_att\.sublayer\.layer\.'):
         return 'official-xformers-post'
     if has(r'encoder\.encoders\.\d+\.wrap_att\.layer\.'):
@@ -326,14 +349,13 @@ def _plain(args: argparse.Namespace) -> dict[str, Any]:
 
 def _ours(sd: dict[str, Tensor], layout: str, used: set[str]) -> tuple[dict, dict]:
     """Encoder and the rest of one of our layouts."""
-    outer = {'encoder': '', 'mae': '', 'lightning': 'model.', 'torchgeo-mae': ''}[
-        layout
-    ]
+    outer = {'mae': '', 'lightning': 'model.'}.get(layout, '')
     prefix = {
         'encoder': '',
         'mae': 'encoder.',
         'lightning': 'model.encoder.',
         'torchgeo-mae': _PEER_PREFIX,
+        **_TORCHGEO_PREFIXES,
     }[layout]
     encoder = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     used.update(prefix + k for k in encoder)

@@ -554,10 +554,11 @@ class XScaleSegmentationTask(SemanticSegmentation):
             ValueError: If it is a checkpoint of another task, or of another model
                 size, band count or number of classes.
         """
+        # the structure first: without a final norm, its weights are not expected
+        self.segmentation_meta = checkpoint.get(META_KEY, {})
+        encoder = getattr(self.model, 'encoder', self.model)
+        apply_structure(encoder, self.segmentation_meta)
         source = self._trainer.ckpt_path if self._trainer is not None else None
         check_checkpoint_fits(
             self, self.hparams, checkpoint, source, strict=self.strict_loading
         )
-        self.segmentation_meta = checkpoint.get(META_KEY, {})
-        encoder = getattr(self.model, 'encoder', self.model)
-        apply_structure(encoder, self.segmentation_meta)
