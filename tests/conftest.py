@@ -291,7 +291,7 @@ def segmentation_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ``configs/segmentation/vaihingen.yaml`` at tiny size (64 px crops, 1 epoch) on
     generated ISPRS archives."""
     import torch
-    from test_segmentation import _tiny_overrides, make_vaihingen
+    from isprs_layout import make_vaihingen, tiny_overrides
 
     from torchgeo_xscale.cli import main
     from torchgeo_xscale.models.vit import build_vit
@@ -302,6 +302,6 @@ def segmentation_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     vit = build_vit('tiny', embed_dim=32, depth=2, num_heads=2, img_size=64)
     torch.save(vit.state_dict(), root / 'encoder.pth')
     config = Path(__file__).parents[1] / 'configs' / 'segmentation' / 'vaihingen.yaml'
-    overrides = _tiny_overrides(data, root / 'run', root / 'encoder.pth')
+    overrides = tiny_overrides(data, root / 'run', root / 'encoder.pth')
     main(['fit', '--config', str(config), *overrides])
     return next((root / 'run').rglob('last.ckpt'))

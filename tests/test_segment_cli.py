@@ -12,7 +12,7 @@ import pytest
 import rasterio
 import torch
 from conftest import write_geotiff
-from test_segmentation import _task
+from isprs_layout import tiny_task
 
 from torchgeo_xscale.cli import main as xscale
 from torchgeo_xscale.segment_cli import choose_window
@@ -27,7 +27,7 @@ def raster_2k(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_predict_logits_on_tiles_smaller_than_the_padding() -> None:
     """TorchGeo's ISPRS test fixtures are 2 x 2 px: reflection padding to 32 fails."""
-    task = _task().eval()
+    task = tiny_task().eval()
     for h, w in ((2, 2), (2, 40), (33, 3)):
         with torch.no_grad():
             logits = task.predict_logits(torch.randn(1, 3, h, w))

@@ -1,15 +1,22 @@
 """UPerNet on our ViTs through SMP; ISPRS Potsdam/Vaihingen recipes and scale study."""
 
 import csv
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import rasterio
 import segmentation_models_pytorch as smp
 import torch
+from isprs_layout import (
+    COLORS,
+    SIZES,
+    TINY,
+    make_potsdam,
+    make_vaihingen,
+    tiny_overrides,
+    tiny_task,
+)
 from lightning.pytorch import Trainer
 from lightning.pytorch.trainer.states import RunningStage
 from torchgeo.tasks import SemanticSegmentation
@@ -28,93 +35,12 @@ from torchgeo_xscale.models.segmentation import (
 from torchgeo_xscale.models.vit import VIT_SIZES, build_vit
 from torchgeo_xscale.segment_cli import write_scale_table
 from torchgeo_xscale.tasks.segmentation import (
-    XScaleSegmentationTask,
     plot_segmentation,
     warmup_poly,
 )
 from torchgeo_xscale.transforms import scale_to_ratio
 
 CONFIGS = Path(__file__).parents[1] / 'configs' / 'segmentation'
-TINY = {'embed_dim': 32, 'vit_depth': 2, 'num_heads': 2, 'img_size': 64}
-COLORS = (
-    (255, 0, 0),
-    (255, 255, 255),
-    (0, 0, 255),
-    (0, 255, 255),
-    (0, 255, 0),
-    (255, 255, 0),
-)
-POTSDAM = [
-    'top_potsdam_2_10',
-    'top_potsdam_2_11',
-    'top_potsdam_3_10',
-    'top_potsdam_4_12',
-]
-POTSDAM_TEST = ['top_potsdam_5_15', 'top_potsdam_2_13']
-VAIHINGEN = [f'top_mosaic_09cm_area{i}.tif' for i in (1, 3, 5, 7)]
-VAIHINGEN_TEST = [f'top_mosaic_09cm_area{i}.tif' for i in (2, 4)]
-SIZES = [(72, 80), (64, 96), (80, 64), (70, 70), (64, 64), (96, 72)]
-
-
-# ------------------------------------------------------------- fake ISPRS archives
-def _tile(
-    height: int, width: int, bands: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """An image whose brightness follows a blocky 6-class map, and the RGB label."""
-    cls = rng.integers(0, 6, (height // 16 + 1, width // 16 + 1))
-    cls = cls.repeat(16, 0).repeat(16, 1)[:height, :width]
-    noise = rng.integers(0, 20, (bands, height, width))
-    image = (cls[None] * 40 + noise).clip(0, 255).astype(np.uint8)
-    return image, np.asarray(COLORS, dtype=np.uint8)[cls].transpose(2, 0, 1)
-
-
-def _write(path: Path, data: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    c, h, w = data.shape
-    with rasterio.open(
-        path, 'w', driver='GTiff', width=w, height=h, count=c, dtype='uint8'
-    ) as dst:
-        dst.write(data)
-
-
-def _zip(archive: Path, files: list[tuple[Path, str]]) -> None:
-    with zipfile.ZipFile(archive, 'w') as z:
-        for path, name in files:
-            z.write(path, name)
-
-
-def make_potsdam(root: Path) -> Path:
-    """``4_Ortho_RGBIR.zip`` (``4_Ortho_RGBIR/<tile>_RGBIR.tif``, 4 bands) and
-    ``5_Labels_all.zip`` (``<tile>_label.tif``, RGB), as TorchGeo's Potsdam2D reads."""
-    rng = np.random.default_rng(0)
-    images, labels = [], []
-    for name, (h, w) in zip(POTSDAM + POTSDAM_TEST, SIZES):
-        image, rgb = _tile(h, w, 4, rng)
-        _write(root / 'src' / f'{name}_RGBIR.tif', image)
-        _write(root / 'src' / f'{name}_label.tif', rgb)
-        images.append(
-            (root / 'src' / f'{name}_RGBIR.tif', f'4_Ortho_RGBIR/{name}_RGBIR.tif')
-        )
-        labels.append((root / 'src' / f'{name}_label.tif', f'{name}_label.tif'))
-    _zip(root / '4_Ortho_RGBIR.zip', images)
-    _zip(root / '5_Labels_all.zip', labels)
-    return root
-
-
-def make_vaihingen(root: Path) -> Path:
-    """``ISPRS_semantic_labeling_Vaihingen.zip`` (``top/<tile>``, IRRG) and the
-    ``..._ground_truth_COMPLETE.zip`` (``<tile>``, RGB), as TorchGeo's Vaihingen2D reads."""
-    rng = np.random.default_rng(1)
-    images, labels = [], []
-    for name, (h, w) in zip(VAIHINGEN + VAIHINGEN_TEST, SIZES):
-        image, rgb = _tile(h, w, 3, rng)
-        _write(root / 'src' / 'top' / name, image)
-        _write(root / 'src' / 'gt' / name, rgb)
-        images.append((root / 'src' / 'top' / name, f'top/{name}'))
-        labels.append((root / 'src' / 'gt' / name, name))
-    _zip(root / 'ISPRS_semantic_labeling_Vaihingen.zip', images)
-    _zip(root / 'ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip', labels)
-    return root
 
 
 @pytest.fixture
@@ -137,19 +63,6 @@ def encoder_weights(tmp_path: Path) -> Path:
     path = tmp_path / 'encoder.pth'
     torch.save(vit.state_dict(), path)
     return path
-
-
-def _task(**kwargs: Any) -> XScaleSegmentationTask:
-    args: dict[str, Any] = {
-        'backbone': 'xscale_vit_tiny',
-        'backbone_options': TINY,
-        'decoder_channels': 32,
-        'num_classes': 6,
-        'ignore_index': 0,
-        'eval_window': 64,
-        'lr': 1e-3,
-    }
-    return XScaleSegmentationTask(**{**args, **kwargs})
 
 
 def _trainer(root: Path, **kwargs: Any) -> Trainer:
@@ -291,7 +204,7 @@ def test_warmup_poly() -> None:
 
 
 def test_layer_wise_lr_decay_groups() -> None:
-    task = _task(lr=1e-4, layer_decay=0.5, weight_decay=0.05)
+    task = tiny_task(lr=1e-4, layer_decay=0.5, weight_decay=0.05)
     groups = task.param_groups()
     by_param = {id(p): g for g in groups for p in g['params']}
     enc = task.model.encoder
@@ -383,7 +296,7 @@ def test_two_training_steps(dataset: str, scale: float, tmp_path: Path) -> None:
         samples_per_tile=2,
         scale_ratio=scale,
     )
-    task = _task(
+    task = tiny_task(
         in_channels=bands, labels=['clutter', 'imp', 'bld', 'low', 'tree', 'car']
     )
     before = task.model.encoder.blocks[0].attn.qkv.weight.detach().clone()
@@ -403,8 +316,8 @@ def test_batch_size_one_is_a_clear_error(vaihingen: Path, tmp_path: Path) -> Non
         root=str(vaihingen), batch_size=1, patch_size=64
     )
     with pytest.raises(ValueError, match='at least 2 samples'):
-        _trainer(tmp_path / 'run').fit(_task(), datamodule)
-    task = _task()
+        _trainer(tmp_path / 'run').fit(tiny_task(), datamodule)
+    task = tiny_task()
     with pytest.raises(ValueError, match='batch size is 1'):
         task.training_step(
             {
@@ -438,45 +351,6 @@ def test_write_scale_table(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------ the commands, end to end
-def _tiny_overrides(root: Path, run: Path, weights: Path) -> list[str]:
-    return [
-        '--data.root',
-        str(root),
-        '--data.batch_size',
-        '2',
-        '--data.patch_size',
-        '64',
-        '--data.samples_per_tile',
-        '2',
-        '--data.val_split_pct',
-        '0.5',
-        '--data.num_workers',
-        '0',
-        '--model.init_args.backbone',
-        'xscale_vit_tiny',
-        '--model.init_args.backbone_options',
-        '{embed_dim: 32, vit_depth: 2, num_heads: 2, img_size: 64}',
-        '--model.init_args.decoder_channels',
-        '32',
-        '--model.init_args.eval_window',
-        '64',
-        '--model.init_args.weights',
-        str(weights),
-        '--trainer.max_epochs',
-        '1',
-        '--trainer.precision',
-        '32-true',
-        '--trainer.accelerator',
-        'cpu',
-        '--trainer.enable_progress_bar',
-        'false',
-        '--trainer.check_val_every_n_epoch',
-        '1',
-        '--trainer.default_root_dir',
-        str(run),
-    ]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('dataset', ['potsdam', 'vaihingen'])
 def test_xscale_fit_config_then_segment(
@@ -491,7 +365,7 @@ def test_xscale_fit_config_then_segment(
             'fit',
             '--config',
             str(CONFIGS / f'{dataset}.yaml'),
-            *_tiny_overrides(root, run, encoder_weights),
+            *tiny_overrides(root, run, encoder_weights),
         ]
     )
     ckpt = next(run.rglob('last.ckpt'))
@@ -555,8 +429,7 @@ def test_scale_study_writes_table(
         str(out),
     ]
     assert (
-        xscale(args + _tiny_overrides(vaihingen, tmp_path / 'run', encoder_weights))
-        == 0
+        xscale(args + tiny_overrides(vaihingen, tmp_path / 'run', encoder_weights)) == 0
     )
     with open(out / 'scale_study.csv') as f:
         rows = list(csv.DictReader(f))
