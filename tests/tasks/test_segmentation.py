@@ -40,7 +40,7 @@ from torchgeo_xscale.tasks.segmentation import (
 )
 from torchgeo_xscale.transforms import scale_to_ratio
 
-CONFIGS = Path(__file__).parents[1] / 'configs' / 'segmentation'
+CONFIGS = Path(__file__).parents[2] / 'configs' / 'segmentation'
 
 
 @pytest.fixture
