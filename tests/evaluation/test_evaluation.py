@@ -35,7 +35,7 @@ from torchgeo_xscale.evaluation.encoders import register_timm_name, register_tim
 from torchgeo_xscale.evaluation.report import aggregate, markdown_table, write_report
 from torchgeo_xscale.evaluation.retrieval import retrieval_ranks
 from torchgeo_xscale.evaluation.study import StudyConfig, build_task, run_study
-from torchgeo_xscale.masking import mask_from_scores
+from torchgeo_xscale.masks import mask_from_scores
 from torchgeo_xscale.models import build_vit
 from torchgeo_xscale.tasks import CrossScaleMAETask
 

@@ -30,7 +30,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ..checkpoints import STRUCTURE_KEY, apply_structure, safe_load
 from ..losses import patchify, unpatchify
-from ..masking import MaskInfo, mask_from_scores, num_visible
+from ..masks import MaskInfo, mask_from_scores, num_visible
 from ..models.cross_scale_mae import CrossScaleMAE
 from ..transforms import scale_to_ratio
 from .datasets import TileSet
