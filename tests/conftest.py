@@ -209,7 +209,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from lightning.pytorch import Trainer, seed_everything
 
     from torchgeo_xscale.datamodules import GeoTIFFDataModule
-    from torchgeo_xscale.evaluation.study import StudyConfig, build_task
+    from torchgeo_xscale.study import StudyConfig, build_task
 
     root = tmp_path_factory.mktemp('trained')
     raster = root / 'r.tif'

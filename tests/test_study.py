@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
-from torchgeo_xscale.evaluation.study import (
+from torchgeo_xscale.models.cross_scale_mae import PAPER_LITERAL
+from torchgeo_xscale.study import (
     ABLATIONS,
     DEFAULT_METHODS,
     StudyConfig,
@@ -14,7 +15,6 @@ from torchgeo_xscale.evaluation.study import (
     build_task,
     run_study,
 )
-from torchgeo_xscale.models.cross_scale_mae import PAPER_LITERAL
 
 
 def test_study_datamodule_mixes_rasters_with_their_own_bands(

@@ -34,9 +34,9 @@ from torchgeo_xscale.evaluation import (
 from torchgeo_xscale.evaluation.encoders import register_timm_name, register_timm_vit
 from torchgeo_xscale.evaluation.report import aggregate, markdown_table, write_report
 from torchgeo_xscale.evaluation.retrieval import retrieval_ranks
-from torchgeo_xscale.evaluation.study import StudyConfig, build_task, run_study
 from torchgeo_xscale.masks import mask_from_scores
 from torchgeo_xscale.models import build_vit
+from torchgeo_xscale.study import StudyConfig, build_task, run_study
 from torchgeo_xscale.tasks import CrossScaleMAETask
 
 TINY = TINY_MODEL
