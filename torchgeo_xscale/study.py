@@ -61,7 +61,7 @@ from .datamodules.geotiff import GeoTIFFDataModule
 from .datamodules.pretraining import PretrainDataModuleMixin
 from .datasets.example_data import fetch_study_rasters
 from .evaluation.datasets import TileSet, load_geotiff_tiles
-from .evaluation.encoders import FeatureEncoder, register_timm_vit
+from .evaluation.encoders import FeatureEncoder
 from .evaluation.knn import DEFAULT_SCALES
 from .evaluation.reconstruction import MAEReconstructor, evaluate_reconstruction
 from .evaluation.report import (
@@ -74,6 +74,7 @@ from .evaluation.report import (
 from .evaluation.retrieval import evaluate_retrieval
 from .io import AtomicCheckpointIO, atomic_path
 from .models.cross_scale_mae import PAPER_LITERAL, CrossScaleMAE
+from .models.timm_vit import register_timm_vit
 from .plotting import save_figure
 from .tasks import CrossScaleMAETask
 
