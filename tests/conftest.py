@@ -305,3 +305,35 @@ def segmentation_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     overrides = tiny_overrides(data, root / 'run', root / 'encoder.pth')
     main(['fit', '--config', str(config), *overrides])
     return next((root / 'run').rglob('last.ckpt'))
+
+
+@pytest.fixture
+def potsdam(tmp_path: Path) -> Path:
+    """Generated ISPRS Potsdam archives (TorchGeo's layout)."""
+    from isprs_layout import make_potsdam
+
+    return make_potsdam(tmp_path / 'potsdam')
+
+
+@pytest.fixture
+def vaihingen(tmp_path: Path) -> Path:
+    """Generated ISPRS Vaihingen archives (TorchGeo's layout)."""
+    from isprs_layout import make_vaihingen
+
+    return make_vaihingen(tmp_path / 'vaihingen')
+
+
+@pytest.fixture
+def encoder_weights(tmp_path: Path) -> Path:
+    """A pretrained-style encoder state dict (timm names) of a tiny ViT at 32 px."""
+    import torch
+
+    from torchgeo_xscale.models.vit import build_vit
+
+    torch.manual_seed(123)
+    vit = build_vit(
+        'tiny', embed_dim=32, depth=2, num_heads=2, img_size=32, patch_size=16
+    )
+    path = tmp_path / 'encoder.pth'
+    torch.save(vit.state_dict(), path)
+    return path
