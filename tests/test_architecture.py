@@ -12,8 +12,8 @@ Rules (issue 21.2):
 
 - no cycle among the module-level imports;
 - :mod:`torchgeo_xscale.evaluation` never imports :mod:`~torchgeo_xscale.tasks`,
-  the CLI modules or the demo, at any level: evaluation scores encoders, it does not
-  train them.
+  :mod:`~torchgeo_xscale.study`, the CLI modules or the demo, at any level:
+  evaluation scores encoders, it does not train them.
 """
 
 import ast
@@ -28,9 +28,11 @@ import torchgeo_xscale
 PACKAGE = 'torchgeo_xscale'
 ROOT = Path(torchgeo_xscale.__file__).resolve().parent
 
-#: Modules that :mod:`torchgeo_xscale.evaluation` may not import (prefixes).
+#: Modules that :mod:`torchgeo_xscale.evaluation` may not import (prefixes): the
+#: tasks, everything that trains (the study) and the commands.
 FORBIDDEN_FROM_EVALUATION = (
     f'{PACKAGE}.tasks',
+    f'{PACKAGE}.study',
     f'{PACKAGE}.cli',
     f'{PACKAGE}.demo',
     f'{PACKAGE}.eval_cli',
