@@ -17,7 +17,7 @@ import argparse
 import logging
 from typing import Any
 
-from torchgeo_xscale.evaluation.study import StudyConfig, run_study
+from torchgeo_xscale.study import StudyConfig, run_study
 
 #: Variant groups: name -> task options.
 GROUPS: dict[str, dict[str, dict[str, Any]]] = {

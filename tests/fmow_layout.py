@@ -1,6 +1,6 @@
 """The fMoW-RGB on-disk layout, generated: JPEGs with JSON sidecars and the CSV index.
 
-Shared by ``tests/test_fmow.py`` and ``benchmarks/gpu_check.py`` (which adds this
+Shared by ``tests/datasets/test_fmow.py`` and ``benchmarks/gpu_check.py`` (which adds this
 folder to ``sys.path``), so there is one writer of the layout. Plain functions, no
 pytest.
 """

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_MODEL, write_geotiff
+from isprs_layout import make_vaihingen
 from lightning.pytorch import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_segmentation import make_vaihingen
 
 from torchgeo_xscale.models.vit import build_vit
 from torchgeo_xscale.tasks import CrossScaleMAETask

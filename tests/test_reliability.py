@@ -13,7 +13,7 @@ import yaml
 from conftest import TINY_MODEL, logged_scalars
 
 from torchgeo_xscale.io import AtomicCheckpointIO, atomic_path, atomic_torch_save
-from torchgeo_xscale.masking import MaskInfo
+from torchgeo_xscale.masks import MaskInfo
 from torchgeo_xscale.models import CrossScaleMAE
 
 REPO = Path(__file__).resolve().parents[1]

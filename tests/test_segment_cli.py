@@ -1,5 +1,6 @@
 """``xscale segment`` as users run it: progress, window notes, wrong checkpoints, kills."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -12,10 +13,10 @@ import pytest
 import rasterio
 import torch
 from conftest import write_geotiff
-from test_segmentation import _task
+from isprs_layout import tiny_task
 
 from torchgeo_xscale.cli import main as xscale
-from torchgeo_xscale.segment_cli import choose_window
+from torchgeo_xscale.segment_cli import choose_window, write_scale_table
 
 
 @pytest.fixture(scope='module')
@@ -27,7 +28,7 @@ def raster_2k(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_predict_logits_on_tiles_smaller_than_the_padding() -> None:
     """TorchGeo's ISPRS test fixtures are 2 x 2 px: reflection padding to 32 fails."""
-    task = _task().eval()
+    task = tiny_task().eval()
     for h, w in ((2, 2), (2, 40), (33, 3)):
         with torch.no_grad():
             logits = task.predict_logits(torch.randn(1, 3, h, w))
@@ -142,3 +143,25 @@ def test_killed_segment_rerun_removes_its_temporaries(
     assert [p.name for p in out_dir.iterdir()] == ['mask.tif']
     with rasterio.open(out) as dst:
         assert np.all(dst.read(1) < 6)
+
+
+def test_write_scale_table(tmp_path: Path) -> None:
+    rows = [
+        {
+            'scale': s,
+            'miou': 0.5 + s / 10,
+            'overall_accuracy': 0.8,
+            'iou': [0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
+        }
+        for s in (0.25, 0.5, 1.0)
+    ]
+    csv_path, md_path = write_scale_table(
+        rows, tmp_path, 'vaihingen', list('abcdef'), ignore_index=0
+    )
+    with open(csv_path) as f:
+        table = list(csv.DictReader(f))
+    assert [r['scale'] for r in table] == ['0.25', '0.5', '1.0']
+    assert table[0]['paper_miou'] == '0.7163' and table[2]['iou_f'] == '0.5000'
+    text = Path(md_path).read_text()
+    assert '| 25 % | 50 % | 100 % |' in text and '0.7603' in text
+    assert '| a | - | - | - |' in text  # the ignored class

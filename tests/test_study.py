@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_MODEL
+from torchgeo.tasks import MAE
 
-from torchgeo_xscale.evaluation.study import (
+from torchgeo_xscale.models.cross_scale_mae import PAPER_LITERAL
+from torchgeo_xscale.study import (
     ABLATIONS,
     DEFAULT_METHODS,
     StudyConfig,
@@ -14,7 +16,7 @@ from torchgeo_xscale.evaluation.study import (
     build_task,
     run_study,
 )
-from torchgeo_xscale.models.cross_scale_mae import PAPER_LITERAL
+from torchgeo_xscale.tasks import CrossScaleMAETask
 
 
 def test_study_datamodule_mixes_rasters_with_their_own_bands(
@@ -131,3 +133,42 @@ def test_study_runs_end_to_end(make_geotiff, tmp_path: Path) -> None:
         assert (tmp_path / 'study' / name).stat().st_size > 0
     with pytest.raises(ValueError, match='method'):
         run_study(StudyConfig(methods=('simclr',), output=str(tmp_path / 'x')))
+
+
+@pytest.mark.slow
+def test_study_ablations_switch_losses_off() -> None:
+    config = StudyConfig(model=dict(TINY_MODEL))
+    for method, off in (('xscale_re_cc', 'cp'), ('xscale_re_cp', 'cc')):
+        task = build_task(method, config)
+        assert not task.hparams[f'loss_{off}']
+        out = task.model(torch.randn(2, 2, 3, 32, 32))
+        assert off not in out.parts and 're' in out.parts
+    with pytest.raises(ValueError, match='xscale_re_cc'):
+        build_task('nope', config)
+    with pytest.raises(ValueError, match='xscale_re_cp'):
+        run_study(StudyConfig(methods=('nope',)))
+
+
+def test_build_task_matches_dimensions() -> None:
+    config = StudyConfig(model=dict(TINY_MODEL))
+    ours, plain, peer = (
+        build_task(m, config) for m in ('cross_scale_mae', 'mae', 'torchgeo_mae')
+    )
+    assert (
+        isinstance(ours, CrossScaleMAETask)
+        and not plain.model.use_cc
+        and not plain.model.use_cp
+    )
+    assert isinstance(peer, MAE) and not peer.hparams['norm_pix_loss']
+    enc, vit = ours.model.encoder, peer.backbone.vit
+    assert (vit.embed_dim, len(vit.blocks), vit.patch_embed.img_size) == (
+        enc.embed_dim,
+        len(enc.blocks),
+        (32, 32),
+    )
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert (
+        abs(count(vit) - count(enc)) <= vit.pos_embed.numel()
+    )  # only the (learned) pos_embed differs
+    with pytest.raises(ValueError, match='method'):
+        build_task('byol', config)

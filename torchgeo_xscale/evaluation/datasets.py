@@ -26,6 +26,9 @@ from torchgeo.datasets.geo import NonGeoClassificationDataset
 from torchgeo.datasets.utils import rasterio_loader
 from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
+from ..datamodules.geotiff import GeoTIFFDataModule
+from ..datasets.rsscn7 import RSSCN7
+from ..samplers import flush_starts
 from ..transforms import normalize
 
 __all__ = (
@@ -199,8 +202,6 @@ def build_classification_dataset(
             bands = EuroSAT.rgb_bands if in_chans == 3 else EuroSAT.all_band_names
         return EuroSAT(os.fspath(root), split, bands=bands, transforms=transform)  # type: ignore[arg-type]
     if key == 'rsscn7':
-        from ..datasets.rsscn7 import RSSCN7
-
         return RSSCN7(
             root,
             'test' if split == 'val' else split,  # type: ignore[arg-type]
@@ -267,14 +268,6 @@ class TileSet:
         return int(self.images.shape[0])
 
 
-def _starts(length: int, tile: int, stride: int) -> list[int]:
-    """``0, stride, ...`` while a tile fits in *length*, and one flush with its end."""
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts
-
-
 def tile_grid(
     geometry: Any,
     reference: Sequence[float],
@@ -318,9 +311,9 @@ def tile_grid(
         sizes.append((width, height))
         if width < tile_size or height < tile_size:
             continue
-        for row in _starts(height, tile_size, stride):
+        for row in flush_starts(0, height, tile_size, stride):
             y1 = top - row * yres
-            for col in _starts(width, tile_size, stride):
+            for col in flush_starts(0, width, tile_size, stride):
                 x0 = float(left + col * xres)
                 x1, y0 = x0 + tile_size * xres, float(y1 - tile_size * yres)
                 boxes.append((x0, y0, x1, float(y1)))
@@ -363,8 +356,6 @@ def load_geotiff_tiles(
     Raises:
         ValueError: If no held-out region fits or no tile is left.
     """
-    from ..datamodules import GeoTIFFDataModule
-
     datamodule = GeoTIFFDataModule(
         paths,  # type: ignore[arg-type]
         img_size=tile_size,

@@ -24,100 +24,28 @@ norm (none for the authors' weights). GSD-aware encoders get the GSD of the scal
 
 import logging
 import os
-import re
-import sys
 from typing import Any, Literal
 
 import timm
 import torch
-from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from ..checkpoints import (
     CrossScaleMAEWeightsEnum,
-    ResolvedWeights,
     build_encoder,
+    checkpoint_encoder,
     load_into,
     resolve,
 )
+from ..models.timm_vit import register_timm_name, register_timm_vit
 from ..models.vit import VIT_SIZES, CrossScaleViT, build_vit
 
-#: A list: timm appends the names that :func:`register_timm_vit` registers here.
-__all__ = [
-    'DEMO_TIMM_MODEL',
-    'FeatureEncoder',
-    'load_encoder',
-    'register_timm_name',
-    'register_timm_vit',
-]
+__all__ = ('DEMO_TIMM_MODEL', 'FeatureEncoder', 'load_encoder')
 
 logger = logging.getLogger(__name__)
 
 Pool = Literal['mean', 'cls']
-
-#: Pattern of the timm names made by :func:`register_timm_vit`.
-_TIMM_NAME = re.compile(r'vit_xscale_e(\d+)_d(\d+)_h(\d+)_p(\d+)_(\d+)$')
-
-
-def register_timm_vit(
-    embed_dim: int, depth: int, num_heads: int, patch_size: int, img_size: int
-) -> str:
-    """Register (once) a timm ViT name with the given dimensions; return the name.
-
-    ``torchgeo.tasks.MAE`` takes a timm model *name*; this makes one for any ViT
-    shape, e.g. ``vit_xscale_e128_d4_h4_p8_64``. :func:`load_encoder` re-registers
-    such names when it meets them in a checkpoint.
-
-    Args:
-        embed_dim: Width.
-        depth: Blocks.
-        num_heads: Attention heads.
-        patch_size: Patch side.
-        img_size: Input side.
-
-    Returns:
-        The registered timm model name.
-    """
-    name = f'vit_xscale_e{embed_dim}_d{depth}_h{num_heads}_p{patch_size}_{img_size}'
-    if timm.is_model(name):
-        return name
-    dims = dict(
-        img_size=img_size,
-        patch_size=patch_size,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-    )
-
-    def builder(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-        if pretrained:
-            raise ValueError(f'pretrained=True: {name} has no weights')
-        for key in ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir'):
-            kwargs.pop(key, None)
-        return VisionTransformer(**(dims | kwargs))
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__module__ = __name__
-    setattr(sys.modules[__name__], name, builder)
-    register_model(builder)
-    return name
-
-
-def register_timm_name(name: str) -> bool:
-    """Register *name* if it is a :func:`register_timm_vit` name not yet known.
-
-    Args:
-        name: A timm model name.
-
-    Returns:
-        True if *name* is (now) a timm model.
-    """
-    match = _TIMM_NAME.match(name)
-    if match and not timm.is_model(name):
-        register_timm_vit(*(int(g) for g in match.groups()))
-    return bool(timm.is_model(name))
-
 
 #: timm name of ``xscale demo``'s encoder shape (width 128, depth 4, 4 heads, 8 px, 64 px).
 DEMO_TIMM_MODEL = register_timm_vit(128, 4, 4, 8, 64)
@@ -357,20 +285,6 @@ def _model_from_name(
     return model
 
 
-def _encoder_of(resolved: ResolvedWeights, kwargs: dict[str, Any]) -> nn.Module:
-    """The encoder a resolved checkpoint holds: timm's for ``torchgeo.tasks.MAE``."""
-    metadata = resolved.metadata
-    timm_name = metadata.get('timm_model')
-    if metadata.get('layout') == 'torchgeo-mae' and timm_name:
-        register_timm_name(timm_name)
-        in_chans = metadata.get('model', {}).get('in_chans', 3)
-        model = timm.create_model(timm_name, in_chans=in_chans, num_classes=0, **kwargs)
-        load_into(model, resolved.state_dict, metadata)
-        return model  # type: ignore[no-any-return]
-    # the architecture recorded with the weights (or read off the shapes) wins
-    return build_encoder('base', resolved, **kwargs)
-
-
 def load_encoder(
     encoder: str | os.PathLike[str] | nn.Module,
     weights: str | None = None,
@@ -404,7 +318,7 @@ def load_encoder(
         encoder = os.fspath(encoder)
         label = name or os.path.basename(encoder)
         if os.path.isfile(encoder):
-            model = _encoder_of(resolve(encoder), kwargs)
+            model = checkpoint_encoder(resolve(encoder), **kwargs)
             if weights:
                 load_into(model, *resolve(weights))
         else:

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from ..transforms import scale_to_ratio
 from .datasets import ClassificationSplits, prepare_classification
 from .encoders import FeatureEncoder, load_encoder
 from .report import plot_vs_scale, write_report
@@ -63,8 +64,6 @@ def embed_at_scale(
     Returns:
         Features ``(N, D)`` on the CPU, and labels ``(N,)`` (None without labels).
     """
-    from ..transforms import scale_to_ratio
-
     encoder = encoder.to(device)
     if isinstance(data, Tensor):
         batches: Iterable[dict[str, Any]] = (

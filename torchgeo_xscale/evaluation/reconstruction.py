@@ -18,9 +18,8 @@ checkpoint of :class:`~torchgeo_xscale.tasks.CrossScaleMAETask`) and
 :class:`torchgeo.tasks.MAE` (or its checkpoint).
 """
 
-import inspect
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -28,98 +27,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from ..checkpoints import STRUCTURE_KEY, apply_structure, safe_load
+from ..checkpoints import load_mae
 from ..losses import patchify, unpatchify
-from ..masking import MaskInfo, mask_from_scores, num_visible
+from ..masks import MaskInfo, mask_from_scores, num_visible
 from ..models.cross_scale_mae import CrossScaleMAE
+from ..plotting import save_figure
 from ..transforms import scale_to_ratio
-from .datasets import TileSet
+from .datasets import TileSet, load_geotiff_tiles
 from .knn import DEFAULT_SCALES
 from .report import plot_reconstruction_scales, plot_vs_scale, write_report
 
 __all__ = (
     'MAEReconstructor',
     'evaluate_reconstruction',
-    'load_cross_scale_mae',
     'load_reconstructor',
-    'load_torchgeo_mae',
     'reconstruction_metrics',
     'run_reconstruction',
 )
-
-
-def _checkpoint(
-    source: str | os.PathLike[str] | Mapping[str, Any],
-) -> Mapping[str, Any]:
-    if isinstance(source, Mapping):
-        return source
-    return safe_load(source)  # type: ignore[no-any-return]
-
-
-def load_cross_scale_mae(
-    source: str | os.PathLike[str] | Mapping[str, Any],
-) -> CrossScaleMAE:
-    """The :class:`CrossScaleMAE` of a ``CrossScaleMAETask`` Lightning checkpoint.
-
-    Args:
-        source: Checkpoint file or loaded checkpoint dict.
-
-    Returns:
-        The model in eval mode.
-
-    Raises:
-        ValueError: If the checkpoint has no ``model.*`` weights or hyper-parameters.
-    """
-    ckpt = _checkpoint(source)
-    hparams, state = ckpt.get('hyper_parameters'), ckpt.get('state_dict', {})
-    if not hparams or not any(k.startswith('model.encoder.') for k in state):
-        raise ValueError(
-            'checkpoint has no hyper_parameters/model.encoder.*; expected a CrossScaleMAETask checkpoint'
-        )
-    accepted = inspect.signature(CrossScaleMAE.__init__).parameters
-    model = CrossScaleMAE(**{k: v for k, v in hparams.items() if k in accepted})
-    state = {k[len('model.') :]: v for k, v in state.items() if k.startswith('model.')}
-    # what the encoder computed: post-norm blocks, no final norm (the authors' start)
-    structure = dict(ckpt.get(STRUCTURE_KEY) or {})
-    structure.setdefault('final_norm', 'encoder.norm.weight' in state)
-    apply_structure(model.encoder, structure)
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def load_torchgeo_mae(source: str | os.PathLike[str] | Mapping[str, Any]) -> nn.Module:
-    """The :class:`torchgeo.tasks.MAE` of its Lightning checkpoint.
-
-    Args:
-        source: Checkpoint file or loaded checkpoint dict.
-
-    Returns:
-        The task in eval mode.
-
-    Raises:
-        ValueError: If the checkpoint is not one of ``torchgeo.tasks.MAE``.
-    """
-    from torchgeo.tasks import MAE
-
-    ckpt = _checkpoint(source)
-    hparams, state = ckpt.get('hyper_parameters'), ckpt.get('state_dict', {})
-    if not hparams or not any(k.startswith('backbone.vit.') for k in state):
-        raise ValueError(
-            'checkpoint has no hyper_parameters/backbone.vit.*; expected a torchgeo.tasks.MAE checkpoint'
-        )
-    from .encoders import register_timm_name
-
-    register_timm_name(str(hparams.get('model', '')))
-    accepted = inspect.signature(MAE.__init__).parameters
-    task = MAE(
-        **{
-            k: v
-            for k, v in hparams.items()
-            if k in accepted and k not in ('weights', 'transform')
-        }
-    )
-    task.load_state_dict(state)
-    return task.eval()
 
 
 class MAEReconstructor(nn.Module):
@@ -220,14 +144,7 @@ def load_reconstructor(
     """
     if isinstance(model, nn.Module):
         return MAEReconstructor(model, name or type(model).__name__)
-    ckpt = _checkpoint(model)
-    state = ckpt.get('state_dict', {})
-    loaded = (
-        load_torchgeo_mae(ckpt)
-        if any(k.startswith('backbone.vit.') for k in state)
-        else load_cross_scale_mae(ckpt)
-    )
-    return MAEReconstructor(loaded, name or os.path.basename(os.fspath(model)))
+    return MAEReconstructor(load_mae(model), name or os.path.basename(os.fspath(model)))
 
 
 def reconstruction_metrics(
@@ -439,9 +356,6 @@ def run_reconstruction(
     Returns:
         The result rows.
     """
-    from ..plotting import save_figure
-    from .datasets import load_geotiff_tiles
-
     recons = [
         load_reconstructor(m, names[i] if names else None) for i, m in enumerate(models)
     ]

@@ -14,7 +14,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from ..io import atomic_path
-from ..plotting import save_figure
+from ..plotting import save_figure, to_display
 
 __all__ = (
     'aggregate',
@@ -198,8 +198,6 @@ def plot_reconstruction_scales(examples: Mapping[str, Mapping[float, Any]]) -> F
         The figure.
     """
     import matplotlib.pyplot as plt
-
-    from ..plotting import to_display
 
     names = list(examples)
     scales = sorted(next(iter(examples.values())), reverse=True)

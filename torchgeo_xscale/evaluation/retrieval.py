@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .datasets import TileSet
+from .datasets import TileSet, load_geotiff_tiles
 from .encoders import FeatureEncoder, load_encoder
 from .knn import DEFAULT_SCALES, embed_at_scale
 from .report import plot_vs_scale, write_report
@@ -164,8 +164,6 @@ def run_retrieval(
     Returns:
         The result rows.
     """
-    from .datasets import load_geotiff_tiles
-
     if not isinstance(encoder, FeatureEncoder):
         encoder = load_encoder(encoder, weights, pool, model_kwargs)
     size = tile_size or encoder.img_size

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..io import atomic_path
-from ..masking import MaskInfo, mask_from_scores, num_visible, register_mask_strategy
+from .base import MaskInfo, mask_from_scores, num_visible, register_mask_strategy
 
 __all__ = ('COLORS', 'ColorNoiseMasking', 'color_noise_bank', 'gaussian_transfer')
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..masking import (
+from .base import (
     MaskInfo,
     MaskStrategy,
     build_mask_strategy,

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..masking import MaskInfo, mask_from_scores, register_mask_strategy
+from .base import MaskInfo, mask_from_scores, register_mask_strategy
 
 __all__ = ('LocalWindowMasking', 'fit_window_size', 'place_windows')
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from .attention import build_attention, list_attention_backends, register_attention
 from .cross_scale_mae import CrossScaleMAE, CrossScaleMAEOutput
+from .fourier import FourierMix  # registers the 'fourier' attention backend
+from .local_attention import LocalAttention  # registers 'local'
 from .vit import (
     VIT_SIZES,
     CrossScaleViT,
@@ -43,6 +45,8 @@ __all__ = (
     'CrossScaleMAE',
     'CrossScaleMAEOutput',
     'CrossScaleViT',
+    'FourierMix',
+    'LocalAttention',
     'PostNormBlock',
     'build_attention',
     'build_vit',

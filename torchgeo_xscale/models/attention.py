@@ -27,7 +27,9 @@ Backends:
 ``sdpa``, ``eager``, ``xformers`` and ``local`` (without bias table) have the same
 parameters, so one state dict serves all of them.
 
-New backends register with :func:`register_attention`.
+New backends register with the :func:`register_attention` decorator in their own
+module (as ``fourier`` and ``local`` do), which :mod:`torchgeo_xscale.models`
+imports; this module imports none of them.
 """
 
 import importlib.util
@@ -39,15 +41,10 @@ import torch.nn.functional as F
 from timm.layers import Attention
 from torch import Tensor, nn
 
-from .fourier import FourierMix
-from .local_attention import LocalAttention
-
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_attention(
-    name: str,
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_attention[T: Callable[..., nn.Module]](name: str) -> Callable[[T], T]:
     """Register an attention backend under *name* (decorator).
 
     Args:
@@ -57,7 +54,7 @@ def register_attention(
         The decorator, which returns its argument unchanged.
     """
 
-    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def decorator(factory: T) -> T:
         _REGISTRY[name] = factory
         return factory
 
@@ -258,7 +255,3 @@ class XFormersAttention(SDPAttention):
             p=p,
         )
         return out.transpose(1, 2)
-
-
-register_attention('fourier')(FourierMix)
-register_attention('local')(LocalAttention)

@@ -36,7 +36,7 @@ from ..losses import (
     patchify,
     reconstruction_loss,
 )
-from ..masking import (
+from ..masks import (
     MaskInfo,
     build_mask_strategy,
     choose_targets,
@@ -280,7 +280,7 @@ class CrossScaleMAE(nn.Module):
                 MAE's decoder masking). In eval mode every patch is decoded.
             mlp_ratio: MLP hidden ratio of all blocks.
             mask_ratio: Fraction of patches masked per view (paper: 0.75).
-            mask_strategy: Name of a :mod:`torchgeo_xscale.masking` strategy.
+            mask_strategy: Name of a :mod:`torchgeo_xscale.masks` strategy.
             mask_options: Options of the strategy.
             view_masks: ``independent`` (a mask per view, the paper's default and
                 better per its supplement) or ``consistent`` (one mask for both views).
@@ -480,7 +480,7 @@ class CrossScaleMAE(nn.Module):
 
         In training with partial reconstruction (see :meth:`partial_decoding`) the
         targets the decoder computes are drawn next, from the same *generator*
-        (:func:`~torchgeo_xscale.masking.choose_targets`), into ``ids_target``; the
+        (:func:`~torchgeo_xscale.masks.base.choose_targets`), into ``ids_target``; the
         masks themselves are those drawn without it.
 
         Args:
@@ -646,7 +646,7 @@ class CrossScaleMAE(nn.Module):
         with the full-scale view's token of the same patch where that view decoded
         it (token weight 1); the other pairs get weight 0 (shapes stay static).
         Patches visible in both views are always decoded by both while a target is
-        decoded with probability K / T (:func:`~torchgeo_xscale.masking.choose_targets`
+        decoded with probability K / T (:func:`~torchgeo_xscale.masks.base.choose_targets`
         keeps a uniform subset of each view's targets, shared between the views as
         far as possible), so visible-visible pairs get weight K / T: every kind of
         pair (visible or masked in each view) then enters L_cp with about the share

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .attention import register_attention
+
 #: Larger than any patch-grid width, for a flat raster key ``row * W + col``.
 _MAX_GRID_WIDTH = 1 << 20
 
@@ -55,6 +57,7 @@ def grid_order(pos: Tensor) -> Tensor:
     return torch.argsort(row * _MAX_GRID_WIDTH + col, dim=1, stable=True)
 
 
+@register_attention('fourier')
 class FourierMix(nn.Module):
     """FNet Fourier token mixing followed by timm's output projection.
 

@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from timm.layers import Attention
 from torch import Tensor, nn
 
+from .attention import register_attention
+
 #: Larger than any grid extent, for flat keys ``row * K + col``.
 _KEY_STRIDE = 1 << 20
 
@@ -111,6 +113,7 @@ def set_grid_size(module: nn.Module, grid_size: int | tuple[int, int]) -> int:
     return count
 
 
+@register_attention('local')
 class LocalAttention(Attention):
     """Multi-head attention inside non-overlapping windows of the patch grid.
 

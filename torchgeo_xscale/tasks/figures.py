@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import LightningModule, Trainer
 
+from ..plotting import save_figure
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -53,9 +55,6 @@ def log_figure(
     Returns:
         The path of the PNG written.
     """
-    # matplotlib only when a figure is made (the pretraining task imports this module)
-    from ..plotting import save_figure
-
     for logger in module.loggers:
         experiment: Any = getattr(logger, 'experiment', None)
         if hasattr(experiment, 'add_figure'):

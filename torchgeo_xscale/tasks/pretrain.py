@@ -15,6 +15,7 @@ from torchgeo.tasks.base import BaseTask
 from ..checkpoints import STRUCTURE_KEY, load_into, model_structure, resolve
 from ..gsd import GSDRecorder
 from ..models.cross_scale_mae import CrossScaleMAE, CrossScaleMAEOutput
+from ..plotting import plot_reconstruction
 from ..seeding import key_seed
 from .checkpoint import check_checkpoint_fits
 from .figures import log_figure, resolve_log_dir
@@ -676,8 +677,6 @@ class CrossScaleMAETask(BaseTask):
         """
         if out.pred is None or out.mask is None:
             return
-        from ..plotting import plot_reconstruction
-
         fig = plot_reconstruction(
             batch['views'],
             out.pred,

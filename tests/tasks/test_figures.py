@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchgeo_xscale.cli import lightning_cli
 from torchgeo_xscale.tasks.figures import resolve_log_dir
 
-CONFIG = Path(__file__).parents[1] / 'configs' / 'pretrain' / 'xscale_tiny_geotiff.yaml'
+CONFIG = Path(__file__).parents[2] / 'configs' / 'pretrain' / 'xscale_tiny_geotiff.yaml'
 
 
 def test_fit_logs_to_tensorboard_with_figure(tmp_path: Path, recwarn) -> None:

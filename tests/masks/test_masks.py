@@ -9,18 +9,16 @@ import yaml
 from conftest import TINY_MODEL
 
 from torchgeo_xscale.cli import main
-from torchgeo_xscale.masking import (
-    MaskInfo,
-    build_mask_strategy,
-    list_mask_strategies,
-    num_visible,
-)
 from torchgeo_xscale.masks import (
     ColorNoiseMasking,
     EasyFirstMasking,
     LocalWindowMasking,
+    MaskInfo,
+    build_mask_strategy,
     color_noise_bank,
     fit_window_size,
+    list_mask_strategies,
+    num_visible,
     patch_distance,
     place_windows,
 )

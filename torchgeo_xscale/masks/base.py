@@ -1,6 +1,6 @@
-"""Masking strategies: which patches each sample's encoder sees.
+"""The base of the masking strategies: :class:`MaskInfo`, the registry, random masking.
 
-One interface for every strategy::
+Which patches each sample's encoder sees. One interface for every strategy::
 
     mask = strategy(batch_size, grid_h, grid_w, ratio, generator=None, device=None)
 
@@ -8,7 +8,9 @@ returns a :class:`MaskInfo` with the indices of the visible patches per sample (
 same count for every sample, so the batch stays rectangular) and the indices that
 restore the original patch order. Strategies are looked up by name with
 :func:`build_mask_strategy` (options as keyword arguments, ``mask_options`` in
-configs); new ones register with :func:`register_mask_strategy`.
+configs); new ones register with :func:`register_mask_strategy`, used as a
+decorator in the strategy's own module (as timm's ``@register_model``), which
+:mod:`torchgeo_xscale.masks` imports. This module imports none of them.
 
 Registered strategies (details in :mod:`torchgeo_xscale.masks` and
 ``docs/masking.md``):
@@ -295,7 +297,3 @@ def build_mask_strategy(name: str, **options: Any) -> MaskStrategy:
         msg = f'mask_strategy={name!r} is unknown; expected one of {list_mask_strategies()}'
         raise ValueError(msg)
     return _STRATEGIES[name](**options)
-
-
-# Importing the package registers the strategies of the other papers by name.
-from . import masks as _masks  # noqa: E402, F401

@@ -1,6 +1,7 @@
 """Equal-budget study: Cross-Scale MAE vs plain MAE vs ``torchgeo.tasks.MAE``.
 
-Every method pretrains the same small ViT (``xscale demo``'s encoder: width 128,
+Every method pretrains the same small ViT (``xscale demo``'s encoder, read from
+``configs/pretrain/xscale_tiny_geotiff.yaml`` by :func:`demo_model`: width 128,
 depth 4, 4 heads, patch 8, 64 px) with the same seed on the same real GeoTIFFs, sees
 the same number of tiles (epochs x steps x batch, same peak learning rate), and is
 then evaluated on tiles of regions held out from training:
@@ -33,6 +34,7 @@ and within each raster) and multi-scale reconstruction at {12.5, 25, 50, 100} %;
 mean +- std over seeds.
 """
 
+import inspect
 import json
 import logging
 import os
@@ -54,23 +56,27 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from ..datamodules.geotiff import GeoTIFFDataModule
-from ..datamodules.pretraining import PretrainDataModuleMixin
-from ..demo import DEMO_MODEL
-from ..io import AtomicCheckpointIO, atomic_path
-from ..models.cross_scale_mae import PAPER_LITERAL
-from .datasets import TileSet, load_geotiff_tiles
-from .encoders import FeatureEncoder
-from .knn import DEFAULT_SCALES
-from .reconstruction import MAEReconstructor, evaluate_reconstruction
-from .report import (
+from .config import DEMO_CONFIG, init_args
+from .datamodules.geotiff import GeoTIFFDataModule
+from .datamodules.pretraining import PretrainDataModuleMixin
+from .datasets.example_data import fetch_study_rasters
+from .evaluation.datasets import TileSet, load_geotiff_tiles
+from .evaluation.encoders import FeatureEncoder
+from .evaluation.knn import DEFAULT_SCALES
+from .evaluation.reconstruction import MAEReconstructor, evaluate_reconstruction
+from .evaluation.report import (
     aggregate,
     markdown_table,
     plot_reconstruction_scales,
     plot_vs_scale,
     write_csv,
 )
-from .retrieval import evaluate_retrieval
+from .evaluation.retrieval import evaluate_retrieval
+from .io import AtomicCheckpointIO, atomic_path
+from .models.cross_scale_mae import PAPER_LITERAL, CrossScaleMAE
+from .models.timm_vit import register_timm_vit
+from .plotting import save_figure
+from .tasks import CrossScaleMAETask
 
 __all__ = (
     'ABLATIONS',
@@ -79,6 +85,7 @@ __all__ = (
     'StudyConfig',
     'StudyDataModule',
     'build_task',
+    'demo_model',
     'run_study',
 )
 
@@ -109,6 +116,18 @@ DEFAULT_METHODS = (
 )
 #: Datamodule options an ablation may set.
 _DATA_OPTIONS = ('view_mode',)
+
+
+def demo_model() -> dict[str, Any]:
+    """The demo's model settings, read from :data:`~torchgeo_xscale.config.DEMO_CONFIG`.
+
+    Returns:
+        The :class:`~torchgeo_xscale.models.CrossScaleMAE` arguments of the config's
+        ``model.init_args`` (the training settings, ``base_lr``..., are the study's
+        own).
+    """
+    names = inspect.signature(CrossScaleMAE).parameters
+    return {k: v for k, v in init_args(DEMO_CONFIG).items() if k in names}
 
 
 @dataclass
@@ -164,7 +183,7 @@ class StudyConfig:
     num_workers: int = 1
     accelerator: str = 'auto'
     num_threads: int | None = None
-    model: dict[str, Any] = field(default_factory=lambda: dict(DEMO_MODEL))
+    model: dict[str, Any] = field(default_factory=lambda: demo_model())
 
 
 def _options(method: str, config: StudyConfig) -> dict[str, Any] | None:
@@ -191,8 +210,6 @@ def build_task(method: str, config: StudyConfig) -> LightningModule:
     Raises:
         ValueError: If *method* is unknown.
     """
-    from ..tasks import CrossScaleMAETask
-
     model = config.model
     common: dict[str, Any] = dict(
         lr=config.lr, warmup_epochs=config.warmup_epochs, log_image_every_n_steps=0
@@ -206,8 +223,6 @@ def build_task(method: str, config: StudyConfig) -> LightningModule:
         return CrossScaleMAETask(**model, **common, loss_cc=False, loss_cp=False)
     if method == 'torchgeo_mae':
         from torchgeo.tasks import MAE
-
-        from .encoders import register_timm_vit
 
         timm_name = register_timm_vit(
             model['embed_dim'],
@@ -487,8 +502,6 @@ def _rasters(config: StudyConfig) -> list[tuple[str, Sequence[int] | None]]:
         return [(config.raster, None)]
     if config.rasters:
         return [(str(p), None) for p in config.rasters]
-    from ..datasets.example_data import fetch_study_rasters
-
     return [(str(p), b) for p, b in fetch_study_rasters(config.data)]
 
 
@@ -722,8 +735,6 @@ def run_study(config: StudyConfig | None = None, command: str = '') -> dict[str,
     Raises:
         ValueError: If a method is unknown.
     """
-    from ..plotting import save_figure
-
     config = config or StudyConfig()
     started, load_start = time.perf_counter(), _load()
     if config.num_threads:

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 import yaml
 from conftest import TINY_MODEL, tiny_fit_args
 
-from torchgeo_xscale.masking import (
+from torchgeo_xscale.masks import (
     MaskInfo,
     build_mask_strategy,
     choose_targets,

@@ -13,7 +13,7 @@ from torchgeo_xscale.cli import main as xscale
 from torchgeo_xscale.datamodules import GeoTIFFDataModule
 from torchgeo_xscale.tasks import CrossScaleMAETask
 
-CONFIG = Path(__file__).parents[1] / 'configs' / 'pretrain' / 'xscale_tiny_geotiff.yaml'
+CONFIG = Path(__file__).parents[2] / 'configs' / 'pretrain' / 'xscale_tiny_geotiff.yaml'
 TINY = [arg for k, v in TINY_MODEL.items() for arg in (f'--model.{k}', str(v))]
 
 

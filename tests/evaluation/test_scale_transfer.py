@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_rsscn7 import write_rsscn7
+from rsscn7_layout import write_rsscn7
 
 from torchgeo_xscale.cli import main
 from torchgeo_xscale.evaluation.encoders import load_encoder

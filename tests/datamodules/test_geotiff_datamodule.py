@@ -16,7 +16,7 @@ from rasterio.windows import Window
 from torchgeo_xscale.cli import main
 from torchgeo_xscale.datamodules import GeoTIFFDataModule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / 'configs' / 'pretrain' / 'xscale_tiny_geotiff.yaml'
 
 #: name: (crs, res, origin) of the three rasters of the mixed archive.

@@ -17,6 +17,7 @@ from torch import nn
 from torchgeo_xscale.checkpoints import (
     ResolvedWeights,
     WeightsMismatchError,
+    load_cross_scale_mae,
     load_into,
     resolve,
 )
@@ -169,8 +170,6 @@ def test_checkpoints_of_our_tasks_keep_what_the_encoder_computes(
     with torch.no_grad():
         out = fresh.model.encoder.eval().forward_features(x)
     assert relative_error(out, ref) <= 1e-5
-    from torchgeo_xscale.evaluation.reconstruction import load_cross_scale_mae
-
     pretrain = CrossScaleMAETask(
         size='tiny', img_size=32, patch_size=8, **DIMS, weights=str(path)
     )

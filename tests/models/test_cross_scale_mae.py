@@ -16,7 +16,7 @@ from torchgeo_xscale.models.cross_scale_mae import PAPER_LITERAL, feature_spread
 from torchgeo_xscale.tasks import CrossScaleMAETask
 from torchgeo_xscale.tasks.pretrain import COLLAPSE_FLOOR
 
-CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+CONFIGS = Path(__file__).resolve().parents[2] / 'configs'
 
 
 def test_feature_spread_is_zero_for_collapsed_features() -> None:

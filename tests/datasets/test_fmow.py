@@ -23,7 +23,7 @@ from torchgeo_xscale.datasets.fmow import (
     FMoWRGB,
 )
 
-CONFIGS = Path(__file__).parents[1] / 'configs' / 'paper'
+CONFIGS = Path(__file__).parents[2] / 'configs' / 'paper'
 
 
 @pytest.fixture

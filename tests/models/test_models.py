@@ -3,7 +3,7 @@ import timm
 import torch
 from conftest import TINY_MODEL
 
-from torchgeo_xscale.masking import (
+from torchgeo_xscale.masks import (
     build_mask_strategy,
     list_mask_strategies,
     num_visible,
