@@ -90,7 +90,7 @@ def test_segment_quiet_and_window_note(
     assert captured.err.strip().splitlines() == [
         'xscale segment: input 0.09 m → model 0.09 m, native',
         'xscale segment: the training crop of 64 px does not fit (it is larger than '
-        'the raster (20 x 20 px)): using a 32 px window (--window sets it)'
+        'the raster (20 x 20 px)): using a 32 px window (--window sets it)',
     ]
     assert captured.out == ''
     with rasterio.open(out) as dst:

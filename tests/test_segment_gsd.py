@@ -102,7 +102,9 @@ def pretrained_weights(trained: dict, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope='module')
-def gsd_ckpt(pretrained_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def gsd_ckpt(
+    pretrained_weights: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A tiny UPerNet fine-tuned at 0.5 m from the 10 m pretrained encoder."""
     root = tmp_path_factory.mktemp('gsd_model')
     seed_everything(0)
@@ -168,7 +170,10 @@ def test_auto_resamples_to_the_training_gsd_and_beats_native(
     auto, native = tmp_path / 'auto.tif', tmp_path / 'native.tif'
     assert _segment(gsd_ckpt, raster, auto, '--probabilities', str(probs)) == 0
     lines = capsys.readouterr().err.strip().splitlines()
-    assert 'xscale segment: input 0.10 m → model 0.50 m, 5.0× down' in lines
+    assert (
+        'xscale segment: input 0.10 m → model 0.50 m, 5.0\N{MULTIPLICATION SIGN} down'
+        in lines
+    )
     assert _segment(gsd_ckpt, raster, native, '--gsd', 'native') == 0
     lines = capsys.readouterr().err.strip().splitlines()
     assert (
@@ -192,3 +197,78 @@ def test_auto_resamples_to_the_training_gsd_and_beats_native(
     print(f'accuracy auto {acc_auto:.3f} native {acc_native:.3f}')
     assert acc_auto > 0.9
     assert acc_auto > acc_native + 0.2
+
+
+def test_explicit_gsd_matches_auto_and_bad_values_fail(
+    gsd_ckpt: Path, tmp_path: Path, capsys
+) -> None:
+    raster, _ = write_scene(tmp_path / 'fine.tif', 320, TRAIN_GSD / 5)
+    auto, explicit = tmp_path / 'auto.tif', tmp_path / 'explicit.tif'
+    assert _segment(gsd_ckpt, raster, auto) == 0
+    capsys.readouterr()
+    assert _segment(gsd_ckpt, raster, explicit, '--gsd', '0.5') == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert (
+        'xscale segment: input 0.10 m → 0.50 m (--gsd), 5.0\N{MULTIPLICATION SIGN} down'
+        in lines
+    )
+    with rasterio.open(auto) as a, rasterio.open(explicit) as b:
+        assert np.array_equal(a.read(), b.read())
+    for bad in ('fine', '-1', '0', 'nan'):
+        out = tmp_path / f'bad_{bad}.tif'
+        with pytest.raises(SystemExit) as exit_info:
+            _segment(gsd_ckpt, raster, out, '--gsd', bad)
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f'xscale segment: error: --gsd {bad}: expected auto, native or metres '
+            'per pixel > 0 (e.g. 0.5)'
+        )
+        assert not out.exists()
+
+
+def test_checkpoint_without_gsd_segments_natively_with_a_note(
+    gsd_ckpt: Path, tmp_path: Path, capsys
+) -> None:
+    state = torch.load(gsd_ckpt, weights_only=False, map_location='cpu')
+    del state['xscale_gsd']  # e.g. written before the GSD was recorded
+    old = tmp_path / 'old.ckpt'
+    torch.save(state, old)
+    raster, _ = write_scene(tmp_path / 'fine.tif', 96, TRAIN_GSD / 5)
+    out = tmp_path / 'mask.tif'
+    assert _segment(old, raster, out) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == (
+        'xscale segment: input 0.10 m, native: the checkpoint records no training '
+        'GSD (xscale_gsd); --gsd <metres> sets one'
+    )
+    with rasterio.open(out) as dst, rasterio.open(raster) as src:
+        assert (dst.transform, dst.shape) == (src.transform, src.shape)
+
+
+def test_plan_gsd_up_geographic_and_no_crs(tmp_path: Path, make_geotiff) -> None:
+    from torchgeo_xscale.datasets.rasters import validate_rasters
+
+    utm = make_geotiff(tmp_path / 'utm.tif', res=10.0)
+    plan = plan_gsd('auto', utm, {'min': 1.0, 'median': 2.0, 'max': 4.0})
+    assert plan.message == 'input 10.00 m → model 2.00 m, 5.0\N{MULTIPLICATION SIGN} up'
+    assert plan.factor == pytest.approx(0.2) and plan.shape(64, 64) == (320, 320)
+    # geographic: metres at the raster's centre latitude, as the datasets compute
+    geo = make_geotiff(tmp_path / 'geo.tif', crs='EPSG:4326', res=0.0001)
+    metres = validate_rasters([str(geo)])[2][0].gsd
+    plan = plan_gsd('auto', geo, {'min': 5.0, 'median': 5.0, 'max': 5.0})
+    assert plan.input_gsd == metres and 5 < metres < 12
+    assert plan.factor == pytest.approx(5.0 / metres)
+    # within 1 %: the input's own grid
+    plan = plan_gsd('auto', utm, {'min': 10.05, 'median': 10.05, 'max': 10.05})
+    assert (
+        not plan.resamples and plan.message == 'input 10.00 m → model 10.05 m, native'
+    )
+    bare = make_geotiff(tmp_path / 'bare.tif', crs=None)
+    assert plan_gsd('auto', bare, {'min': 1, 'median': 1, 'max': 1}) == GSDPlan(
+        None,
+        None,
+        'input (no CRS), native: the model was trained at 1.00 m, its GSD is unknown',
+    )
+    with pytest.raises(ValueError, match=r'--gsd 0.5: .*bare.tif has no CRS'):
+        plan_gsd('0.5', bare, None)
+    assert parse_gsd(' Auto ') == 'auto' and parse_gsd('0.25') == 0.25
