@@ -394,10 +394,10 @@ def evaluate_reconstruction(
             rows.append({**head, **_summary(values)})
             continue
         rows.append({**head, 'group': 'all', 'gsd': '', **_summary(values)})
-        index = torch.cat(tile_groups[(name, ratio)])
+        of_tile = torch.cat(tile_groups[(name, ratio)])
         for g, (group, gsd_m, _) in enumerate(groups):
             rows.append(
-                {**head, 'group': group, 'gsd': gsd_m, **_summary(values[index == g])}
+                {**head, 'group': group, 'gsd': gsd_m, **_summary(values[of_tile == g])}
             )
     return rows, examples
 
