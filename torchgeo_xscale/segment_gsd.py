@@ -36,7 +36,14 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
-from .inference import BLOCK_SIZE, Model, SegmentStats, chunk_windows, segment_geotiff
+from .inference import (
+    BLOCK_SIZE,
+    Model,
+    SegmentStats,
+    _gdal_cache,
+    chunk_windows,
+    segment_geotiff,
+)
 from .io import atomic_path
 
 __all__ = (
@@ -323,6 +330,8 @@ def segment_at_gsd(
         )
     f = plan.factor
     with contextlib.ExitStack() as stack:
+        # GDAL's block cache bounded for the warps back too (its default is 5 % of RAM)
+        stack.enter_context(_gdal_cache(int(kwargs.get('gdal_cache_mb', 64))))
         src = stack.enter_context(rasterio.open(input_path))
         height, width = plan.shape(src.height, src.width)
         vrt = stack.enter_context(
