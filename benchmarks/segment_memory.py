@@ -6,7 +6,13 @@ Writes tiled, compressed 3-band GeoTIFFs of each size, a checkpoint of a tiny UP
 resident memory (``getrusage``), the memory after loading the model (the fixed part)
 and the time. Memory should stay flat while the raster grows 16-fold.
 
+With ``--gsd-factor F`` the checkpoint records a training GSD F times the rasters'
+0.5 m (``xscale_gsd``, from its training batches' ``gsd``), so ``xscale segment`` (its
+default ``--gsd auto``) resamples each raster F times down (F > 1) or up (F < 1),
+segments it there and writes the mask back on the raster's grid.
+
     python benchmarks/segment_memory.py [--sizes 2048 4096 8192] [--window 512]
+    python benchmarks/segment_memory.py --sizes 2048 8192 --gsd-factor 5
 """
 
 import argparse
@@ -20,6 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+#: GSD of the benchmark rasters (m).
+RASTER_GSD = 0.5
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
@@ -39,7 +48,7 @@ def write_raster(path: Path, size: int, seed: int = 0) -> None:
         'count': 3,
         'dtype': 'uint8',
         'crs': 'EPSG:32633',
-        'transform': from_origin(500000, 5000000, 0.5, 0.5),
+        'transform': from_origin(500000, 5000000, RASTER_GSD, RASTER_GSD),
         'tiled': True,
         'blockxsize': 256,
         'blockysize': 256,
@@ -58,8 +67,12 @@ def write_raster(path: Path, size: int, seed: int = 0) -> None:
                 dst.write(data, window=Window(col, row, w, h))
 
 
-def make_checkpoint(path: Path) -> None:
-    """A tiny UPerNet segmentation checkpoint, trained for one step with Lightning."""
+def make_checkpoint(path: Path, gsd: float | None = None) -> None:
+    """A tiny UPerNet segmentation checkpoint, trained for one step with Lightning.
+
+    With *gsd*, the training batch carries it (``batch['gsd']``), so the checkpoint
+    records it as its training GSD.
+    """
     import torch
     from lightning.pytorch import Trainer
     from torch.utils.data import DataLoader
@@ -84,6 +97,8 @@ def make_checkpoint(path: Path) -> None:
         'image': torch.randn(2, 3, 64, 64),
         'mask': torch.randint(0, 6, (2, 64, 64)),
     }
+    if gsd is not None:
+        batch['gsd'] = torch.full((2,), gsd)
     loader = DataLoader([batch], batch_size=None)
     trainer = Trainer(
         max_steps=1,
@@ -137,6 +152,12 @@ def main() -> None:
     parser.add_argument('--window', type=int, default=512)
     parser.add_argument('--chunk-size', type=int, default=2048)
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument(
+        '--gsd-factor',
+        type=float,
+        default=None,
+        help='checkpoint trained at this many times the rasters 0.5 m GSD',
+    )
     parser.add_argument('--workdir', help='folder for rasters (default: a temp folder)')
     parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--checkpoint', help=argparse.SUPPRESS)
@@ -149,9 +170,12 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix='segment_memory_'))
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / 'tiny_upernet.ckpt'
+    factor = args.gsd_factor
+    ckpt = work / (
+        f'tiny_upernet_gsd{factor:g}.ckpt' if factor else 'tiny_upernet.ckpt'
+    )
     if not ckpt.exists():
-        make_checkpoint(ckpt)
+        make_checkpoint(ckpt, RASTER_GSD * factor if factor else None)
     print(
         f'machine: {os.cpu_count()} CPUs, torch threads {args.threads}; window '
         f'{args.window}, chunk {args.chunk_size}; model: UPerNet on a ViT (D=64, 4 blocks)'
@@ -183,8 +207,11 @@ def main() -> None:
             '--threads',
             str(args.threads),
         ]
-        line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        r = json.loads(line.strip().splitlines()[-1])
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        said = [x for x in done.stderr.splitlines() if x.startswith('xscale segment:')]
+        if said:
+            print('  ' + said[0])
         peak, loaded = r['peak_kb'] / 1024, r['loaded_kb'] / 1024
         whole = 3 * size * size * 4 / 2**20
         results.append((size, peak))

@@ -18,12 +18,15 @@ from isprs_layout import tiny_task
 from torchgeo_xscale.cli import main as xscale
 from torchgeo_xscale.segment_cli import choose_window, write_scale_table
 
+#: GSD of the ISPRS Vaihingen tiles, which ``segmentation_ckpt`` records.
+VAIHINGEN_GSD = 0.09
+
 
 @pytest.fixture(scope='module')
 def raster_2k(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """2048 x 2048 px, 3 bands, uint8."""
+    """2048 x 2048 px, 3 bands, uint8, at the 0.09 m of ``segmentation_ckpt``."""
     path = tmp_path_factory.mktemp('raster') / 'big.tif'
-    return write_geotiff(path, width=2048, height=2048, res=0.5)
+    return write_geotiff(path, width=2048, height=2048, res=VAIHINGEN_GSD)
 
 
 def test_predict_logits_on_tiles_smaller_than_the_padding() -> None:
@@ -78,14 +81,17 @@ def test_segment_2k_raster_shows_progress(
 def test_segment_quiet_and_window_note(
     segmentation_ckpt: Path, tmp_path: Path, capsys
 ) -> None:
-    small = write_geotiff(tmp_path / 'small.tif', width=20, height=20)
+    small = write_geotiff(
+        tmp_path / 'small.tif', width=20, height=20, res=VAIHINGEN_GSD
+    )
     out = tmp_path / 'small_mask.tif'
     assert _segment(segmentation_ckpt, small, out, '--quiet') == 0
     captured = capsys.readouterr()
-    # the 64-px training crop does not fit the 20 px raster: said in one line
+    # the GSD, then the 64-px training crop that does not fit the 20 px raster
     assert captured.err.strip().splitlines() == [
+        'xscale segment: input 0.09 m → model 0.09 m, native',
         'xscale segment: the training crop of 64 px does not fit (it is larger than '
-        'the raster (20 x 20 px)): using a 32 px window (--window sets it)'
+        'the raster (20 x 20 px)): using a 32 px window (--window sets it)',
     ]
     assert captured.out == ''
     with rasterio.open(out) as dst:
@@ -115,7 +121,9 @@ def test_killed_segment_rerun_removes_its_temporaries(
 ) -> None:
     """SIGKILL a running ``xscale segment``: its hidden ``.part`` file stays; a rerun
     of the same command removes it and writes the output."""
-    raster = write_geotiff(tmp_path / 'scene.tif', width=512, height=512)
+    raster = write_geotiff(
+        tmp_path / 'scene.tif', width=512, height=512, res=VAIHINGEN_GSD
+    )
     out_dir = tmp_path / 'out'
     out_dir.mkdir()
     out = out_dir / 'mask.tif'

@@ -26,6 +26,7 @@ __all__ = (
     'MAX_LATITUDE',
     'GSDRecorder',
     'GroundUnits',
+    'declared_gsd',
     'gsd_from_transform',
     'tile_gsd',
 )
@@ -265,3 +266,23 @@ class GSDRecorder:
             'median': float(sample.median()),
             'max': float(self._max),
         }
+
+
+def declared_gsd(source: Any) -> dict[str, float] | None:
+    """The native GSD range a datamodule (or any object) declares for its training data.
+
+    Args:
+        source: An object with ``gsd_range`` (``{'min', 'median', 'max'}`` in metres,
+            e.g. :class:`~torchgeo_xscale.datamodules.GeoTIFFDataModule`) or ``gsd``
+            (one number in metres, e.g. the ISPRS datamodules), or None.
+
+    Returns:
+        ``{'min', 'median', 'max'}`` in metres, or None if *source* declares neither.
+    """
+    known = getattr(source, 'gsd_range', None)
+    if isinstance(known, dict) and {'min', 'median', 'max'} <= set(known):
+        return {k: float(known[k]) for k in ('min', 'median', 'max')}
+    value = getattr(source, 'gsd', None)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return {'min': float(value), 'median': float(value), 'max': float(value)}
+    return None

@@ -28,6 +28,7 @@ import numpy as np
 import rasterio
 import torch
 import torch.nn.functional as F
+from rasterio.io import DatasetReaderBase
 from rasterio.windows import Window
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -281,7 +282,7 @@ def _profile(
 @torch.no_grad()
 def segment_geotiff(
     model: Model,
-    input_path: str | os.PathLike[str],
+    input_path: 'str | os.PathLike[str] | DatasetReaderBase',
     output_path: str | os.PathLike[str],
     *,
     window: int = 512,
@@ -311,7 +312,9 @@ def segment_geotiff(
     Args:
         model: Maps normalised ``(N, C, window, window)`` to logits
             ``(N, K, window, window)`` on *device* (in eval mode).
-        input_path: Input GeoTIFF.
+        input_path: Input GeoTIFF, or an open rasterio dataset (e.g. a
+            :class:`~rasterio.vrt.WarpedVRT` of it at another GSD, as
+            :func:`~torchgeo_xscale.segment_gsd.segment_at_gsd` passes).
         output_path: Class raster to write.
         window: Window size in pixels (a multiple of the model's stride, e.g. 32).
         overlap: Fraction of a window shared with its neighbour, in ``[0, 1)``.
@@ -341,7 +344,12 @@ def segment_geotiff(
         msg = f'chunk_size={chunk_size}, window={window}; expected a multiple of {BLOCK_SIZE} >= window'
         raise ValueError(msg)
     stride = _stride(window, overlap)
-    with _gdal_cache(gdal_cache_mb), rasterio.open(input_path) as src:
+    opened = (
+        contextlib.nullcontext(input_path)
+        if isinstance(input_path, DatasetReaderBase)
+        else rasterio.open(input_path)
+    )
+    with _gdal_cache(gdal_cache_mb), opened as src:
         bands = list(bands or range(1, src.count + 1))
         if not all(1 <= b <= src.count for b in bands):
             msg = f'bands={bands} for {input_path}; it has bands 1 to {src.count}'

@@ -180,11 +180,23 @@ def segment_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         '--quiet', action='store_true', help='no progress bar and no summary line'
     )
+    parser.add_argument(
+        '--gsd',
+        default='auto',
+        help="GSD to segment at: 'auto' (the model's training GSD when the checkpoint "
+        "records it, else native), 'native', or metres per pixel; the outputs are "
+        "on the input's grid",
+    )
     args = parser.parse_args(argv)
 
     import rasterio
 
-    from .inference import segment_geotiff
+    from .segment_gsd import parse_gsd, plan_gsd, segment_at_gsd
+
+    try:
+        parse_gsd(args.gsd)
+    except ValueError as err:
+        parser.error(str(err))
 
     device = torch.device(
         ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -205,6 +217,12 @@ def segment_main(argv: Sequence[str]) -> int:
         bands = [b + 1 for b in meta['bands']]
     with rasterio.open(args.input) as src:
         count, height, width = src.count, src.height, src.width
+    try:
+        plan = plan_gsd(args.gsd, args.input, task.checkpoint_gsd)
+    except ValueError as err:
+        parser.error(str(err))
+    print(f'xscale segment: {plan.message}', file=sys.stderr)
+    height, width = plan.shape(height, width)
     if bands is None:
         if count < in_channels:
             parser.error(
@@ -228,10 +246,11 @@ def segment_main(argv: Sequence[str]) -> int:
     if note:
         print(f'xscale segment: {note}', file=sys.stderr)
     try:
-        stats = segment_geotiff(
+        stats = segment_at_gsd(
             task.model,
             args.input,
             args.output,
+            plan,
             window=int(window),
             overlap=args.overlap,
             batch_size=args.batch_size,

@@ -99,6 +99,10 @@ def test_xscale_fit_config_then_segment(
     saved = torch.load(encoder_weights, weights_only=True)['blocks.0.attn.qkv.weight']
     tuned = state['state_dict']['model.encoder.blocks.0.attn.qkv.weight']
     assert (tuned - saved).abs().max() < 0.01 < saved.abs().max()
+    # the datamodule's native GSD (ISPRS: 5 cm Potsdam, 9 cm Vaihingen)
+    gsd = {'potsdam': 0.05, 'vaihingen': 0.09}[dataset]
+    assert state['xscale_gsd'] == {'min': gsd, 'median': gsd, 'max': gsd}
+    # a scene at twice that GSD: segmented at the model's (2x up), written on its grid
     image = make_geotiff(
         tmp_path / 'scene.tif',
         bands=4,
@@ -106,6 +110,7 @@ def test_xscale_fit_config_then_segment(
         height=100,
         nodata=0,
         nodata_region=(0, 10, 0, 20),
+        res=2 * gsd,
     )
     out = tmp_path / 'scene_mask.tif'
     assert (

@@ -120,6 +120,7 @@ class _ScaleProtocol(NonGeoDataModule):
     image_bands: int | None = None
 
     scale_ratio: float
+    gsd: float
     samples_per_tile: int
     whole_tile_eval: bool
     bands: list[int] | None
@@ -202,6 +203,12 @@ class ScaledPotsdam2DDataModule(_ScaleProtocol, Potsdam2DDataModule):
     vegetation, 4 tree, 5 car (TorchGeo's order).
     """
 
+    #: Native GSD of the tiles in metres per pixel (ISPRS: 5 cm true orthophotos);
+    #: recorded in the segmentation checkpoints as ``xscale_gsd``. The pixel grid
+    #: stays at it for every ``scale_ratio`` (the content is down-sampled and resized
+    #: back).
+    gsd = 0.05
+
     def __init__(
         self,
         root: str = 'data/potsdam',
@@ -256,6 +263,8 @@ class ScaledVaihingen2DDataModule(_ScaleProtocol, Vaihingen2DDataModule):
     """
 
     image_bands = 3
+    #: Native GSD of the tiles in metres per pixel (ISPRS: 9 cm true orthophotos).
+    gsd = 0.09
 
     def __init__(
         self,

@@ -13,7 +13,7 @@
 import os
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import shapely
@@ -40,7 +40,9 @@ __all__ = (
     'TileSet',
     'build_classification_dataset',
     'channel_stats',
+    'group_members',
     'load_geotiff_tiles',
+    'overall_rows',
     'prepare_classification',
     'tile_grid',
 )
@@ -256,16 +258,53 @@ class TileSet:
         valid: Valid pixels ``(N, 1, T, T)``.
         gsd: Metres per pixel ``(N,)``.
         bounds: ``(xmin, ymin, xmax, ymax)`` of each tile in the rasters' CRS.
+        groups: The native-grid group of each tile, by name (e.g.
+            ``'EPSG:32633 0.25 m'``, :attr:`~torchgeo_xscale.datasets.RasterGroup.name`);
+            empty when unknown.
     """
 
     images: Tensor
     valid: Tensor
     gsd: Tensor
     bounds: list[tuple[float, float, float, float]]
+    groups: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         """Number of tiles."""
         return int(self.images.shape[0])
+
+
+def group_members(tiles: TileSet) -> list[tuple[str, float, Tensor]]:
+    """The native-grid groups of a tile set with more than one, for per-group rows.
+
+    Args:
+        tiles: The tiles.
+
+    Returns:
+        ``(name, median gsd in metres, members)`` per group in order of first
+        appearance (finest first for :func:`load_geotiff_tiles`), *members* a boolean
+        ``(N,)``; empty for tiles of one group (or of unknown groups).
+    """
+    names = list(dict.fromkeys(tiles.groups))
+    if len(names) < 2 or len(tiles.groups) != len(tiles):
+        return []
+    out = []
+    for name in names:
+        members = torch.tensor([g == name for g in tiles.groups])
+        out.append((name, float(tiles.gsd[members].median()), members))
+    return out
+
+
+def overall_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows over all tiles (``group`` absent or ``all``), e.g. for a plot.
+
+    Args:
+        rows: Result rows, some per group.
+
+    Returns:
+        The overall rows.
+    """
+    return [r for r in rows if r.get('group', 'all') == 'all']
 
 
 def tile_grid(
@@ -375,10 +414,12 @@ def load_geotiff_tiles(
         )
         raise ValueError(msg)
     what = 'the held-out region is' if holdout_fraction > 0 else 'the rasters are'
-    images, valid, gsd, bounds = [], [], [], []
+    images, valid, gsd, bounds, names = [], [], [], [], []
     all_sizes: list[tuple[int, int]] = []
     n_boxes, best = 0, 0.0
-    for region, group in zip(regions, datamodule.group_datasets, strict=True):
+    for region, group, info in zip(
+        regions, datamodule.group_datasets, datamodule.groups, strict=True
+    ):
         assert region is not None
         geometry = region.index.geometry.union_all()
         inside = shapely.buffer(geometry, 0.5 * min(region.res))
@@ -405,6 +446,7 @@ def load_geotiff_tiles(
             valid.append(sample['valid'])
             gsd.append(sample['gsd'])
             bounds.append((x0, y0, x1, y1))
+            names.append(info.name)
     sizes = all_sizes
     if not n_boxes:
         msg = (
@@ -432,6 +474,7 @@ def load_geotiff_tiles(
         valid=torch.stack([valid[i] for i in keep]),
         gsd=torch.stack([gsd[i] for i in keep]).float(),
         bounds=[bounds[i] for i in keep],
+        groups=[names[i] for i in keep],
     )
 
 

@@ -33,7 +33,7 @@ from ..masks import MaskInfo, mask_from_scores, num_visible
 from ..models.cross_scale_mae import CrossScaleMAE
 from ..plotting import save_figure
 from ..transforms import scale_to_ratio
-from .datasets import TileSet, load_geotiff_tiles
+from .datasets import TileSet, group_members, load_geotiff_tiles, overall_rows
 from .knn import DEFAULT_SCALES
 from .report import plot_reconstruction_scales, plot_vs_scale, write_report
 
@@ -230,7 +230,9 @@ def evaluate_reconstruction(
     Returns:
         Rows (``model``, ``scale``, ``mse``, ``mse_std``, ``ssim``, ``ssim_std``, ``n``)
         and, per model and scale, example images ``(3, C, S, S)`` (input, masked,
-        reconstruction) of the first tile.
+        reconstruction) of the first tile. For tiles of several native-grid groups
+        the rows also have ``group`` (``all``) and ``gsd``, followed by one row per
+        group (its name and median GSD) for each model and scale.
 
     Raises:
         ValueError: If models disagree in sizes or tiles are smaller than the input.
@@ -249,6 +251,11 @@ def evaluate_reconstruction(
         )
     grid = size // patch
     results: dict[tuple[str, float], list[Tensor]] = {}
+    groups = group_members(tiles)
+    group_of = torch.zeros(len(tiles), dtype=torch.long)
+    for index, (_, _, members) in enumerate(groups):
+        group_of[members] = index
+    tile_groups: dict[tuple[str, float], list[Tensor]] = {}
     examples: dict[str, dict[float, Tensor]] = {m.name: {} for m in models}
     for model in models:
         model.to(device)
@@ -283,6 +290,9 @@ def evaluate_reconstruction(
                     results.setdefault((model.name, ratio), []).append(
                         torch.stack([mse, ssim], 1).cpu()
                     )
+                    tile_groups.setdefault((model.name, ratio), []).append(
+                        group_of[start : start + batch_size]
+                    )
                     if start == 0 and rep == 0:
                         visible = unpatchify(
                             patchify(images[:1], patch) * (1 - masks.mask[:1, :, None]),
@@ -296,19 +306,28 @@ def evaluate_reconstruction(
     rows = []
     for (name, ratio), parts in results.items():
         values = torch.cat(parts)
-        rows.append(
-            {
-                'model': name,
-                'scale': float(ratio),
-                'mode': mode,
-                'mse': float(values[:, 0].mean()),
-                'mse_std': float(values[:, 0].std()) if len(values) > 1 else 0.0,
-                'ssim': float(values[:, 1].mean()),
-                'ssim_std': float(values[:, 1].std()) if len(values) > 1 else 0.0,
-                'n': int(values.shape[0]),
-            }
-        )
+        head = {'model': name, 'scale': float(ratio), 'mode': mode}
+        if not groups:
+            rows.append({**head, **_summary(values)})
+            continue
+        rows.append({**head, 'group': 'all', 'gsd': '', **_summary(values)})
+        of_tile = torch.cat(tile_groups[(name, ratio)])
+        for g, (group, gsd_m, _) in enumerate(groups):
+            rows.append(
+                {**head, 'group': group, 'gsd': gsd_m, **_summary(values[of_tile == g])}
+            )
     return rows, examples
+
+
+def _summary(values: Tensor) -> dict[str, Any]:
+    """Mean and std of per-tile ``(N, 2)`` MSE and SSIM, and N."""
+    return {
+        'mse': float(values[:, 0].mean()),
+        'mse_std': float(values[:, 0].std()) if len(values) > 1 else 0.0,
+        'ssim': float(values[:, 1].mean()),
+        'ssim_std': float(values[:, 1].std()) if len(values) > 1 else 0.0,
+        'n': int(values.shape[0]),
+    }
 
 
 def run_reconstruction(
@@ -372,7 +391,7 @@ def run_reconstruction(
         recons, tiles, scales, repeats, mask_ratio, mode, seed=seed, device=device
     )
     fig = plot_vs_scale(
-        rows,
+        overall_rows(rows),
         'ssim',
         ylabel='SSIM (higher is better)',
         title='Multi-scale reconstruction',

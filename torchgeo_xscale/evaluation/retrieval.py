@@ -8,6 +8,11 @@ key ranked first / in the first five), the mean rank (1 is perfect, ``(N + 1) / 
 is chance) and the mean reciprocal rank. Ties count half (a constant encoder scores
 chance, not 1.0). The mean cosine similarity to the own key and to the others tells
 invariance (own high) from discrimination (others low) when a score disappoints.
+
+Tiles of a multi-resolution folder come from several native grids
+(:func:`~torchgeo_xscale.datasets.rasters.group_rasters`); then each scale has a row
+for all tiles (``group`` ``all``) and one per group (its name and ``gsd``), whose
+scores are those of the group's queries, ranked among all keys.
 """
 
 import os
@@ -18,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .datasets import TileSet, load_geotiff_tiles
+from .datasets import TileSet, group_members, load_geotiff_tiles, overall_rows
 from .encoders import FeatureEncoder, load_encoder
 from .knn import DEFAULT_SCALES, embed_at_scale
 from .report import plot_vs_scale, write_report
@@ -51,12 +56,16 @@ def retrieval_ranks(queries: Tensor, keys: Tensor) -> Tensor:
     return 1.0 + better + 0.5 * ties
 
 
-def retrieval_scores(queries: Tensor, keys: Tensor) -> dict[str, float]:
+def retrieval_scores(
+    queries: Tensor, keys: Tensor, subset: Tensor | None = None
+) -> dict[str, float]:
     """Top-1, top-5, mean rank and MRR of cross-scale retrieval.
 
     Args:
         queries: ``(N, D)``.
         keys: ``(N, D)``.
+        subset: Boolean ``(N,)``: score only these queries (still ranked among all
+            N keys); default all.
 
     Returns:
         ``top1``, ``top5``, ``mean_rank``, ``mrr``; the chance levels
@@ -68,7 +77,9 @@ def retrieval_scores(queries: Tensor, keys: Tensor) -> dict[str, float]:
     n = ranks.numel()
     sims = F.normalize(queries.double(), dim=1) @ F.normalize(keys.double(), dim=1).T
     own = sims.diagonal()
-    other = (sims.sum() - own.sum()) / max(1, n * (n - 1))
+    if subset is not None:
+        ranks, own, sims = ranks[subset], own[subset], sims[subset]
+    other = (sims.sum() - own.sum()) / max(1, own.numel() * (n - 1))
     return {
         'top1': float((ranks == 1).double().mean()),
         'top5': float((ranks <= 5).double().mean()),
@@ -99,8 +110,11 @@ def evaluate_retrieval(
 
     Returns:
         One row per scale: ``model``, ``scale``, the scores of
-        :func:`retrieval_scores` and ``n``.
+        :func:`retrieval_scores` and ``n`` (the queries scored); for tiles of
+        several native-grid groups, also ``group`` (``all``) and one row per group
+        and scale with the group's name and median ``gsd``.
     """
+    groups = group_members(tiles) if isinstance(tiles, TileSet) else []
     images = tiles.images if isinstance(tiles, TileSet) else tiles
     gsd = tiles.gsd if isinstance(tiles, TileSet) else None
     keys, _ = embed_at_scale(
@@ -111,14 +125,30 @@ def evaluate_retrieval(
         queries, _ = embed_at_scale(
             encoder, images, ratio, gsd=gsd, batch_size=batch_size, device=device
         )
+        head = {'model': encoder.name, 'scale': float(ratio)}
+        if not groups:
+            scores = retrieval_scores(queries, keys)
+            rows.append({**head, **scores, 'n': int(images.shape[0])})
+            continue
         rows.append(
             {
-                'model': encoder.name,
-                'scale': float(ratio),
+                **head,
+                'group': 'all',
+                'gsd': '',
                 **retrieval_scores(queries, keys),
                 'n': int(images.shape[0]),
             }
         )
+        for name, gsd_m, members in groups:
+            rows.append(
+                {
+                    **head,
+                    'group': name,
+                    'gsd': gsd_m,
+                    **retrieval_scores(queries, keys, members),
+                    'n': int(members.sum()),
+                }
+            )
     return rows
 
 
@@ -177,7 +207,10 @@ def run_retrieval(
     )
     rows = evaluate_retrieval(encoder, tiles, scales, batch_size, device)
     fig = plot_vs_scale(
-        rows, 'top1', ylabel='retrieval top-1', title='Cross-scale retrieval'
+        overall_rows(rows),
+        'top1',
+        ylabel='retrieval top-1',
+        title='Cross-scale retrieval',
     )
     notes = (
         f'{len(tiles)} tiles of {size} px (stride {stride or size}); chance top-1 = '

@@ -13,7 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchgeo.tasks.base import BaseTask
 
 from ..checkpoints import STRUCTURE_KEY, load_into, model_structure, resolve
-from ..gsd import GSDRecorder
+from ..gsd import GSDRecorder, declared_gsd
 from ..models.cross_scale_mae import CrossScaleMAE, CrossScaleMAEOutput
 from ..plotting import plot_reconstruction
 from ..seeding import key_seed
@@ -420,14 +420,12 @@ class CrossScaleMAETask(BaseTask):
         """Native GSD range (m) of the training tiles, for ``checkpoint['xscale_gsd']``.
 
         Returns:
-            The datamodule's ``gsd_range`` when it has one, else the min, median and
+            The GSD the datamodule declares (its ``gsd_range`` or ``gsd``, see
+            :func:`~torchgeo_xscale.gsd.declared_gsd`), else the min, median and
             max ``gsd`` of the training tiles seen so far; None if neither is known.
         """
-        datamodule = getattr(self._trainer, 'datamodule', None)
-        known = getattr(datamodule, 'gsd_range', None)
-        if isinstance(known, dict) and {'min', 'median', 'max'} <= set(known):
-            return {k: float(known[k]) for k in ('min', 'median', 'max')}
-        return self._tile_gsd.summary()
+        known = declared_gsd(getattr(self._trainer, 'datamodule', None))
+        return known if known is not None else self._tile_gsd.summary()
 
     def shared_step(self, batch: dict[str, Any], stage: str) -> CrossScaleMAEOutput:
         """Run the model on a batch and log the loss parts.

@@ -4,8 +4,10 @@
 arguments, losses and torchmetrics: overall accuracy, mIoU, per-class IoU) with what
 the MAE/UPerNet fine-tuning recipe adds: an auxiliary FCN head (weight 0.4), AdamW with
 layer-wise lr decay, a warm-up + poly schedule, sliding-window evaluation of whole
-tiles, a clear error for training batches of one sample (BatchNorm), and a figure of
-image / label / prediction for a few validation tiles every epoch.
+tiles, a clear error for training batches of one sample (BatchNorm), a figure of
+image / label / prediction for a few validation tiles every epoch, and the GSD range of
+its training tiles in every checkpoint (``checkpoint['xscale_gsd']``, which
+``xscale segment --gsd auto`` resamples its input to).
 """
 
 from collections.abc import Sequence
@@ -31,6 +33,7 @@ from ..checkpoints import (
     model_structure,
     upernet,
 )
+from ..gsd import GSDRecorder, declared_gsd
 from ..inference import sliding_window_probs
 from ..models.segmentation import ENCODER_PREFIX, FCNHead
 from ..plotting import to_display
@@ -218,6 +221,9 @@ class XScaleSegmentationTask(SemanticSegmentation):
         self._plot_samples: list[tuple[Tensor, Tensor, Tensor]] = []
         self.last_figure: str | None = None
         self.segmentation_meta: dict[str, Any] = {}
+        #: ``xscale_gsd`` of the checkpoint this task was loaded from (None if none).
+        self.checkpoint_gsd: dict[str, float] | None = None
+        self._tile_gsd = GSDRecorder()  # native GSD of the training tiles seen
         self._log_dir: str | None = None
         super().__init__(
             model=model,
@@ -372,6 +378,8 @@ class XScaleSegmentationTask(SemanticSegmentation):
         """
         x, y = batch['image'], batch['mask']
         self._check_batch_size(x.shape[0])
+        if isinstance(batch.get('gsd'), Tensor):
+            self._tile_gsd.update(batch['gsd'])
         if self.aux_head is None:
             y_hat = self(x)
             aux_loss = None
@@ -521,12 +529,33 @@ class XScaleSegmentationTask(SemanticSegmentation):
         tab = plt.get_cmap('tab10' if k <= 10 else 'tab20')
         return [tuple(int(255 * v) for v in tab(i % tab.N)[:3]) for i in range(k)]  # type: ignore[misc]
 
+    def training_gsd(self) -> dict[str, float] | None:
+        """Native GSD range (m) of the training tiles, for ``checkpoint['xscale_gsd']``.
+
+        Pretrained weights pass on nothing: what counts is the data this task trains on.
+
+        Returns:
+            The min, median and max ``gsd`` of the training batches seen so far when
+            they carry one, else the GSD the datamodule declares (``gsd`` of the ISPRS
+            datamodules, see :func:`~torchgeo_xscale.gsd.declared_gsd`), else that
+            of the checkpoint this task was loaded from; None if none is known.
+        """
+        recorded = self._tile_gsd.summary()
+        if recorded is not None:
+            return recorded
+        known = declared_gsd(self._datamodule())
+        return known if known is not None else self.checkpoint_gsd
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store what ``xscale segment`` needs: normalisation, bands, scale, colours.
+        """Store what ``xscale segment`` needs: normalisation, bands, scale, colours, GSD.
 
         Args:
-            checkpoint: The checkpoint being saved.
+            checkpoint: The checkpoint being saved (gets ``xscale_gsd``, see
+                :meth:`training_gsd`, when known).
         """
+        gsd = self.training_gsd()
+        if gsd is not None:
+            checkpoint['xscale_gsd'] = gsd
         datamodule = self._datamodule()
         meta: dict[str, Any] = {
             'colormap': self.colormap(),
@@ -562,3 +591,6 @@ class XScaleSegmentationTask(SemanticSegmentation):
         check_checkpoint_fits(
             self, self.hparams, checkpoint, source, strict=self.strict_loading
         )
+        gsd = checkpoint.get('xscale_gsd')
+        if isinstance(gsd, dict) and {'min', 'median', 'max'} <= set(gsd):
+            self.checkpoint_gsd = {k: float(gsd[k]) for k in ('min', 'median', 'max')}
