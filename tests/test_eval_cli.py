@@ -62,8 +62,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_subcommands_registered() -> None:
-    assert SUBCOMMANDS['eval'] == 'torchgeo_xscale.eval_cli:eval_main'
-    assert SUBCOMMANDS['study'] == 'torchgeo_xscale.eval_cli:study_main'
+    assert SUBCOMMANDS['eval'] == 'torchgeo_xscale.cli.eval:eval_main'
+    assert SUBCOMMANDS['study'] == 'torchgeo_xscale.cli.eval:study_main'
 
 
 def test_eval_knn_with_builder_name_and_weights(checkpoints, tmp_path) -> None:

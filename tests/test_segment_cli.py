@@ -15,7 +15,7 @@ from conftest import write_geotiff
 from test_segmentation import _task
 
 from torchgeo_xscale.cli import main as xscale
-from torchgeo_xscale.segment_cli import choose_window
+from torchgeo_xscale.cli.segment import choose_window
 
 
 @pytest.fixture(scope='module')

@@ -26,7 +26,7 @@ from torchgeo_xscale.models.segmentation import (
     register_encoder,
 )
 from torchgeo_xscale.models.vit import VIT_SIZES, build_vit
-from torchgeo_xscale.segment_cli import write_scale_table
+from torchgeo_xscale.cli.segment import write_scale_table
 from torchgeo_xscale.tasks.segmentation import (
     XScaleSegmentationTask,
     plot_segmentation,

@@ -138,7 +138,7 @@ def main(argv: Sequence[str] = ()) -> int:
     Returns:
         Exit status 0.
     """
-    from .embed import embed_geotiffs
+    from ..embed import embed_geotiffs
 
     args = embed_parser().parse_args(list(argv))
     logging.basicConfig(level=logging.WARNING, format='%(message)s')

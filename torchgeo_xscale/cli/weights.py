@@ -16,8 +16,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .checkpoints import export_weights, find_entry, md5sum, registered_entries
-from .checkpoints.files import read_metadata
+from ..checkpoints import export_weights, find_entry, md5sum, registered_entries
+from ..checkpoints.files import read_metadata
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

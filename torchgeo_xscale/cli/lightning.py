@@ -18,12 +18,12 @@ from lightning.pytorch.utilities import rank_zero_info
 #: Extra subcommands: name -> ``module:function`` taking the remaining arguments.
 SUBCOMMANDS: dict[str, str] = {
     'demo': 'torchgeo_xscale.demo:main',
-    'embed': 'torchgeo_xscale.embed_cli:main',
-    'eval': 'torchgeo_xscale.eval_cli:eval_main',
-    'study': 'torchgeo_xscale.eval_cli:study_main',
-    'weights': 'torchgeo_xscale.weights_cli:main',
-    'segment': 'torchgeo_xscale.segment_cli:segment_main',
-    'scale-study': 'torchgeo_xscale.segment_cli:scale_study_main',
+    'embed': 'torchgeo_xscale.cli.embed:main',
+    'eval': 'torchgeo_xscale.cli.eval:eval_main',
+    'study': 'torchgeo_xscale.cli.eval:study_main',
+    'weights': 'torchgeo_xscale.cli.weights:main',
+    'segment': 'torchgeo_xscale.cli.segment:segment_main',
+    'scale-study': 'torchgeo_xscale.cli.segment:scale_study_main',
 }
 
 
@@ -54,7 +54,7 @@ class XScaleCLI(LightningCLI):
         Raises:
             CheckpointMismatchError: If the checkpoint contradicts the command line.
         """
-        from .tasks.checkpoint import check_resume
+        from ..tasks.checkpoint import check_resume
 
         super().parse_arguments(parser, args)
         self._resume_settings = {}
@@ -129,7 +129,7 @@ def main(args: Sequence[str] | None = None) -> int | None:
     Returns:
         Exit status of a subcommand, or None after a Lightning run.
     """
-    from .tasks.checkpoint import CheckpointMismatchError
+    from ..tasks.checkpoint import CheckpointMismatchError
 
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in SUBCOMMANDS:

@@ -20,8 +20,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .evaluation.datasets import CLASSIFICATION_DATASETS
-from .evaluation.knn import DEFAULT_SCALES
+from ..evaluation.datasets import CLASSIFICATION_DATASETS
+from ..evaluation.knn import DEFAULT_SCALES
 
 __all__ = ('eval_main', 'study_main')
 
@@ -190,7 +190,7 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def _print_rows(rows: list[dict[str, Any]], output: str) -> None:
-    from .evaluation.report import markdown_table
+    from ..evaluation.report import markdown_table
 
     print(markdown_table(rows))
     print(f'report written to {output}')
@@ -209,7 +209,7 @@ def eval_main(argv: Sequence[str] = ()) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     command = _command('xscale eval', argv)
     if args.protocol in ('knn', 'linear') and args.protocol_name == 'scale-transfer':
-        from .evaluation.scale_transfer import run_scale_transfer
+        from ..evaluation.scale_transfer import run_scale_transfer
 
         rows = run_scale_transfer(
             args.encoder,
@@ -255,17 +255,17 @@ def eval_main(argv: Sequence[str] = ()) -> int:
             command=command,
         )
         if args.protocol == 'knn':
-            from .evaluation.knn import run_knn
+            from ..evaluation.knn import run_knn
 
             rows = run_knn(k=args.k, temperature=args.temperature, **common)
         else:
-            from .evaluation.linear_probe import run_linear_probe
+            from ..evaluation.linear_probe import run_linear_probe
 
             rows = run_linear_probe(
                 epochs=args.epochs, lr=args.lr, seed=args.seed, **common
             )
     elif args.protocol == 'reconstruction':
-        from .evaluation.reconstruction import run_reconstruction
+        from ..evaluation.reconstruction import run_reconstruction
 
         rows = run_reconstruction(
             args.model,
@@ -285,7 +285,7 @@ def eval_main(argv: Sequence[str] = ()) -> int:
             command=command,
         )
     else:
-        from .evaluation.retrieval import run_retrieval
+        from ..evaluation.retrieval import run_retrieval
 
         rows = run_retrieval(
             args.encoder,
@@ -314,7 +314,7 @@ def study_parser() -> argparse.ArgumentParser:
     Returns:
         The parser.
     """
-    from .evaluation.study import ABLATIONS, METHODS, StudyConfig
+    from ..evaluation.study import ABLATIONS, METHODS, StudyConfig
 
     d = StudyConfig()
     parser = argparse.ArgumentParser(
@@ -377,7 +377,7 @@ def study_main(argv: Sequence[str] = ()) -> int:
     Returns:
         Exit status 0.
     """
-    from .evaluation.study import StudyConfig, run_study
+    from ..evaluation.study import StudyConfig, run_study
 
     args = study_parser().parse_args(list(argv))
     logging.basicConfig(level=logging.INFO, format='%(message)s')

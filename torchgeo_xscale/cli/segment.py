@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .io import atomic_path
+from ..io import atomic_path
 
 __all__ = (
     'TABLE4_MIOU',
@@ -48,9 +48,9 @@ def _load_task(checkpoint: str, device: torch.device) -> Any:
             :class:`~torchgeo_xscale.tasks.segmentation.XScaleSegmentationTask`
             (e.g. a pretraining checkpoint), naming what it is.
     """
-    from .tasks import CrossScaleMAETask
-    from .tasks.checkpoint import load_checkpoint, same_class, task_class_path
-    from .tasks.segmentation import XScaleSegmentationTask
+    from ..tasks import CrossScaleMAETask
+    from ..tasks.checkpoint import load_checkpoint, same_class, task_class_path
+    from ..tasks.segmentation import XScaleSegmentationTask
 
     state = load_checkpoint(checkpoint)
     if 'state_dict' not in state or 'hyper_parameters' not in state:
@@ -184,7 +184,7 @@ def segment_main(argv: Sequence[str]) -> int:
 
     import rasterio
 
-    from .inference import segment_geotiff
+    from ..inference import segment_geotiff
 
     device = torch.device(
         ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -375,7 +375,7 @@ def scale_study_main(argv: Sequence[str]) -> int:
         if not 0 < scale <= 1:
             parser.error(f'--scales {scale}: expected 0 < scale <= 1')
 
-    from .cli import lightning_cli
+    from .lightning import lightning_cli
 
     rows: list[dict[str, Any]] = []
     dataset, names, ignore = None, None, None
