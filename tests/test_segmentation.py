@@ -16,6 +16,7 @@ from torchgeo.tasks import SemanticSegmentation
 
 from torchgeo_xscale.checkpoints import upernet
 from torchgeo_xscale.cli import main as xscale
+from torchgeo_xscale.cli.scale_study import write_scale_table
 from torchgeo_xscale.datamodules.isprs import (
     ScaledPotsdam2DDataModule,
     ScaledVaihingen2DDataModule,
@@ -26,7 +27,6 @@ from torchgeo_xscale.models.segmentation import (
     register_encoder,
 )
 from torchgeo_xscale.models.vit import VIT_SIZES, build_vit
-from torchgeo_xscale.cli.segment import write_scale_table
 from torchgeo_xscale.tasks.segmentation import (
     XScaleSegmentationTask,
     plot_segmentation,
