@@ -1,35 +1,43 @@
-"""The ``xscale`` command: TorchGeo's LightningCLI plus project subcommands.
+"""``xscale fit|validate|test|predict``: TorchGeo's LightningCLI with our checks.
 
-``xscale fit|validate|test|predict --config x.yaml`` is a
-:class:`~lightning.pytorch.cli.LightningCLI` in subclass mode, as ``torchgeo``'s own
-command. Other first words dispatch to the subcommands in :data:`SUBCOMMANDS`.
+``xscale fit --config x.yaml`` is a :class:`~lightning.pytorch.cli.LightningCLI` in
+subclass mode, as ``torchgeo``'s own command: ``--model`` is any TorchGeo task
+(``CrossScaleMAETask``, ``XScaleSegmentationTask``...), ``--data`` any TorchGeo
+datamodule, both by their short class names.
 """
 
-import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-#: Extra subcommands: name -> ``module:function`` taking the remaining arguments.
-SUBCOMMANDS: dict[str, str] = {
-    'demo': 'torchgeo_xscale.demo:main',
-    'embed': 'torchgeo_xscale.cli.embed:main',
-    'eval': 'torchgeo_xscale.cli.eval:eval_main',
-    'study': 'torchgeo_xscale.cli.eval:study_main',
-    'weights': 'torchgeo_xscale.cli.weights:main',
-    'segment': 'torchgeo_xscale.cli.segment:segment_main',
-    'scale-study': 'torchgeo_xscale.cli.segment:scale_study_main',
-}
+from ..tasks.checkpoint import RENAMED_HPARAMS
+
+__all__ = ('ConfigError', 'XScaleCLI', 'lightning_cli', 'main')
 
 
-def _subcommand(name: str) -> Callable[[Sequence[str]], int | None]:
-    module, func = SUBCOMMANDS[name].split(':')
-    return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+class ConfigError(ValueError):
+    """A config file or command line the task refuses (one line, exit status 2)."""
+
+
+def _refuse_renamed(config: Any) -> None:
+    """Refuse ``--model.init_args.in_chans`` (config file or command line) in one line.
+
+    Raises:
+        ConfigError: Naming the new key and the value to give it.
+    """
+    from ..tasks.pretrain import IN_CHANS_RENAMED
+
+    model = config.get('model') if isinstance(config, Namespace) else None
+    init = model.get('init_args') if isinstance(model, Namespace) else None
+    value = init.get('in_chans') if isinstance(init, Namespace) else None
+    if value is not None:
+        raise ConfigError(IN_CHANS_RENAMED.format(value=value))
 
 
 class XScaleCLI(LightningCLI):
@@ -56,9 +64,17 @@ class XScaleCLI(LightningCLI):
         """
         from ..tasks.checkpoint import check_resume
 
-        super().parse_arguments(parser, args)
+        # As LightningCLI.parse_arguments, without its warning about ``args`` given
+        # while ``sys.argv`` has arguments: ``xscale`` always passes its arguments
+        # explicitly (its own dispatcher and ``xscale scale-study`` call it from
+        # Python), so the two never disagree.
+        if isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args)
+        else:
+            self.config = parser.parse_args(args)
         self._resume_settings = {}
         subcommand = self.config.get('subcommand')
+        _refuse_renamed(self.config[subcommand] if subcommand else self.config)
         ckpt_path = self.config[subcommand].get('ckpt_path') if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return  # as Lightning: only a checkpoint file's hyper-parameters are read
@@ -70,7 +86,13 @@ class XScaleCLI(LightningCLI):
         self._resume_settings = check_resume(ckpt_path, given[subcommand].get('model'))
 
     def before_instantiate_classes(self) -> None:
-        """Keep the requested values of the task's ``resume_settings``."""
+        """Map the renamed hyper-parameters of an old ``--ckpt_path``.
+
+        Then keep the requested values of the task's ``resume_settings``.
+        """
+        subcommand = self.config.get('subcommand')
+        if subcommand and self.config[subcommand].get('ckpt_path'):
+            self._upgrade_checkpoint_hparams(self.config[subcommand]['model'])
         if self._resume_settings:
             model = self.config[self.config['subcommand']]['model']
             for key, value in self._resume_settings.items():
@@ -84,6 +106,30 @@ class XScaleCLI(LightningCLI):
                     f'(the checkpoint has {model[where][key]!r})'
                 )
                 model[where][key] = value
+
+    @staticmethod
+    def _upgrade_checkpoint_hparams(model: Any) -> None:
+        """``in_chans`` of a checkpoint written before the rename -> ``in_channels``.
+
+        Lightning puts the checkpoint's hyper-parameters into the model's config
+        (``init_args`` or ``dict_kwargs``); the old name would be refused by the task.
+        """
+        for old, new in RENAMED_HPARAMS.items():
+            for where in ('init_args', 'dict_kwargs'):
+                args = model.get(where) if isinstance(model, Namespace) else None
+                if not args or args.get(old) is None:
+                    continue
+                value = args[old]
+                if where == 'dict_kwargs':
+                    del args[old]
+                else:
+                    args[old] = None
+                (model.get('dict_kwargs') or {}).pop(new, None)
+                model['init_args'][new] = value
+                rank_zero_warn(
+                    f'--ckpt_path: the checkpoint stores {old}={value!r} (written before '
+                    f'{old} was renamed {new}); read as {new}={value!r}'
+                )
 
 
 def lightning_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
@@ -108,7 +154,7 @@ def lightning_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
         model_class=BaseTask,
         datamodule_class=BaseDataModule,
         seed_everything_default=0,
-        parser_kwargs={'version': torchgeo_xscale.__version__},
+        parser_kwargs={'prog': 'xscale', 'version': torchgeo_xscale.__version__},
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={'overwrite': True},
@@ -120,23 +166,21 @@ def lightning_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
     )
 
 
-def main(args: Sequence[str] | None = None) -> int | None:
-    """Entry point of the ``xscale`` console script.
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``xscale fit|validate|test|predict ...``.
 
     Args:
-        args: Arguments without the program name (default ``sys.argv[1:]``).
+        argv: Arguments from the subcommand on (default ``sys.argv[1:]``).
 
     Returns:
-        Exit status of a subcommand, or None after a Lightning run.
+        Exit status: 0, or 2 when ``--ckpt_path`` contradicts the command line or
+        the config uses a renamed argument (one line on stderr).
     """
     from ..tasks.checkpoint import CheckpointMismatchError
 
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in SUBCOMMANDS:
-        return _subcommand(argv[0])(argv[1:])
     try:
-        lightning_cli(argv)
-    except CheckpointMismatchError as err:
+        lightning_cli(list(sys.argv[1:] if argv is None else argv))
+    except (CheckpointMismatchError, ConfigError) as err:
         print(f'xscale: error: {err}', file=sys.stderr)
         return 2
-    return None
+    return 0

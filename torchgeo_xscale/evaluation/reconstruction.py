@@ -32,6 +32,7 @@ from ..checkpoints import STRUCTURE_KEY, apply_structure, safe_load
 from ..losses import patchify, unpatchify
 from ..masking import MaskInfo, mask_from_scores, num_visible
 from ..models.cross_scale_mae import CrossScaleMAE
+from ..progress import progress_bar
 from ..transforms import scale_to_ratio
 from .datasets import TileSet
 from .knn import DEFAULT_SCALES
@@ -77,6 +78,10 @@ def load_cross_scale_mae(
             'checkpoint has no hyper_parameters/model.encoder.*; expected a CrossScaleMAETask checkpoint'
         )
     accepted = inspect.signature(CrossScaleMAE.__init__).parameters
+    # the task's in_channels (TorchGeo's name) is the model's in_chans (timm's); a
+    # checkpoint from before the rename stores in_chans itself
+    bands = hparams.get('in_channels') or hparams.get('in_chans') or 3
+    hparams = {**hparams, 'in_chans': bands}
     model = CrossScaleMAE(**{k: v for k, v in hparams.items() if k in accepted})
     state = {k[len('model.') :]: v for k, v in state.items() if k.startswith('model.')}
     # what the encoder computed: post-norm blocks, no final norm (the authors' start)
@@ -335,12 +340,16 @@ def evaluate_reconstruction(
     examples: dict[str, dict[float, Tensor]] = {m.name: {} for m in models}
     for model in models:
         model.to(device)
+    starts = range(0, len(tiles), batch_size)
+    bar = progress_bar(
+        total=len(scales) * repeats * len(starts), desc='reconstruct', unit='batch'
+    )
     for si, ratio in enumerate(scales):
         for rep in range(repeats):
             generator = torch.Generator().manual_seed(
                 seed * 1_000_003 + si * 1009 + rep
             )
-            for start in range(0, len(tiles), batch_size):
+            for start in starts:
                 images = _crops(
                     tiles.images[start : start + batch_size],
                     ratio,
@@ -376,6 +385,8 @@ def evaluate_reconstruction(
                         examples[model.name][float(ratio)] = torch.cat(
                             [images[:1], visible, recon[:1]]
                         ).cpu()
+                bar.update(1)
+    bar.close()
     rows = []
     for (name, ratio), parts in results.items():
         values = torch.cat(parts)

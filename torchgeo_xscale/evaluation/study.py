@@ -59,6 +59,7 @@ from ..datamodules.pretraining import PretrainDataModuleMixin
 from ..demo import DEMO_MODEL
 from ..io import AtomicCheckpointIO, atomic_path
 from ..models.cross_scale_mae import PAPER_LITERAL
+from ..progress import StepProgressBar
 from .datasets import TileSet, load_geotiff_tiles
 from .encoders import FeatureEncoder
 from .knn import DEFAULT_SCALES
@@ -218,7 +219,7 @@ def build_task(method: str, config: StudyConfig) -> LightningModule:
         )
         return MAE(
             model=timm_name,
-            in_channels=model.get('in_chans', 3),
+            in_channels=model.get('in_channels', 3),
             decoder_dim=model['decoder_embed_dim'],
             decoder_depth=model['decoder_depth'],
             decoder_num_heads=model['decoder_num_heads'],
@@ -450,6 +451,7 @@ def pretrain(
         log_every_n_steps=5,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[StepProgressBar(f'{method} seed {seed}')],
     )
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
