@@ -118,7 +118,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from torchgeo_xscale.cli import main
-    from torchgeo_xscale.segment_cli import _load_task
+    from torchgeo_xscale.cli.segment import _load_task
 
     torch.set_num_threads(args.threads)
     _load_task(args.checkpoint, torch.device('cpu'))  # imports + weights: fixed part

@@ -35,10 +35,6 @@ FORBIDDEN_FROM_EVALUATION = (
     f'{PACKAGE}.study',
     f'{PACKAGE}.cli',
     f'{PACKAGE}.demo',
-    f'{PACKAGE}.eval_cli',
-    f'{PACKAGE}.segment_cli',
-    f'{PACKAGE}.weights_cli',
-    f'{PACKAGE}.embed_cli',
     f'{PACKAGE}.__main__',
 )
 

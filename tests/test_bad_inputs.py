@@ -226,7 +226,7 @@ def test_band_count_mismatch_vs_weights(tmp_path) -> None:
         ValueError,
         match=r'patch_embed\.proj\.weight has shape \(32, 3, 8, 8\), the model \(32, 4, 8, 8\)',
     ):
-        CrossScaleMAETask(**TINY, in_chans=4, weights=str(path))
+        CrossScaleMAETask(**TINY, in_channels=4, weights=str(path))
 
 
 def test_unknown_config_key(tmp_path, capsys, utm_raster) -> None:
@@ -274,7 +274,7 @@ def test_datamodule_counts_are_checked_where_they_enter(utm_raster, kwargs, matc
     assert '\n' not in str(err.value)
 
 
-def test_band_count_against_in_chans_before_step_0(make_geotiff, tmp_path) -> None:
+def test_band_count_against_in_channels_before_step_0(make_geotiff, tmp_path) -> None:
     """4-band files, a 3-band model: stopped at setup naming a file (today: a shape
     error of the model at step 0 that names no file)."""
     path = make_geotiff(tmp_path / 'r' / 'four.tif', bands=4, width=64, height=64)
@@ -286,8 +286,8 @@ def test_band_count_against_in_chans_before_step_0(make_geotiff, tmp_path) -> No
     args += ['--trainer.accelerator', 'cpu', '--trainer.logger', 'false']
     for key, value in TINY.items():
         args += [f'--model.{key}', str(value)]
-    with pytest.raises(ValueError, match='in_chans=3') as err:
+    with pytest.raises(ValueError, match='in_channels=3') as err:
         main(args)
     assert_names(err, str(path))
-    assert 'in_chans 4' in str(err.value)
+    assert 'in_channels 4' in str(err.value)
     assert not list((tmp_path / 'run').rglob('*.ckpt'))

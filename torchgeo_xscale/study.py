@@ -76,6 +76,7 @@ from .io import AtomicCheckpointIO, atomic_path
 from .models.cross_scale_mae import PAPER_LITERAL, CrossScaleMAE
 from .models.timm_vit import register_timm_vit
 from .plotting import save_figure
+from .progress import StepProgressBar
 from .tasks import CrossScaleMAETask
 
 __all__ = (
@@ -233,7 +234,7 @@ def build_task(method: str, config: StudyConfig) -> LightningModule:
         )
         return MAE(
             model=timm_name,
-            in_channels=model.get('in_chans', 3),
+            in_channels=model.get('in_channels', 3),
             decoder_dim=model['decoder_embed_dim'],
             decoder_depth=model['decoder_depth'],
             decoder_num_heads=model['decoder_num_heads'],
@@ -465,6 +466,7 @@ def pretrain(
         log_every_n_steps=5,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[StepProgressBar(f'{method} seed {seed}')],
     )
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)

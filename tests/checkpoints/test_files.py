@@ -179,7 +179,8 @@ def test_failed_import_names_the_cache_file(
     cache = tmp_path / 'cache'
     fail_midway(monkeypatch, errno.ENOSPC, after=5_000)
     args = ['weights', 'import', str(src), '--weights', entry, '--no-check-md5']
-    assert xscale([*args, '--model-dir', str(cache)]) == 1
+    # --quiet: no MD5 progress bar, so stderr is the error line alone
+    assert xscale([*args, '--model-dir', str(cache), '--quiet']) == 1
     target = cache / 'crossscalemae_vit_base_patch16_fmow_rgb-0c33995d.pth'
     err = capsys.readouterr().err
     assert err == f'error: cannot write {target}: No space left on device\n'

@@ -374,7 +374,9 @@ def test_cli_import_list_export(
     assert "--weights 'Nope.X' is not one of" in capsys.readouterr().err
     assert not cache.exists() or list(cache.iterdir()) == []
     assert xscale(['weights', 'import', str(src), '--model-dir', str(cache)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert f'md5 {src.name}' in captured.err  # the progress bar, on stderr
     assert 'official-xformers-post layout, post-norm blocks, no final norm' in out
     assert entry.cache_path(cache).is_file()
     xscale(['weights', 'list', '--model-dir', str(cache)])
@@ -391,7 +393,9 @@ def test_cli_import_list_export(
         VARIANT,
     )
     args = ['weights', 'import', str(mine), '--model-dir', str(cache)]
-    assert xscale([*args, '--weights', str(entry), '--no-check-md5']) == 0
+    capsys.readouterr()
+    assert xscale([*args, '--weights', str(entry), '--no-check-md5', '--quiet']) == 0
+    assert capsys.readouterr().err == ''  # --quiet: no progress bar
     cached = read_checkpoint(entry.cache_path(cache))
     assert cached.metadata['source']['md5'] == md5sum(mine)
     assert cached.metadata['source']['md5_is_release'] is False

@@ -397,7 +397,7 @@ def test_xscale_fit_paper_config_two_steps(fmow_root: Path, tmp_path: Path) -> N
     ]
     args += ['--trainer.limit_val_batches', '1', '--model.log_image_every_n_steps', '0']
     args += ['--trainer.log_every_n_steps', '1']
-    assert main(args) is None
+    assert main(args) == 0
     (last,) = (tmp_path / 'run').rglob('last.ckpt')
     checkpoint = torch.load(last, map_location='cpu', weights_only=False)
     assert checkpoint['global_step'] == 2

@@ -14,7 +14,7 @@ from torchgeo_xscale.losses import cross_prediction_loss
 from torchgeo_xscale.models import CrossScaleMAE
 from torchgeo_xscale.models.cross_scale_mae import PAPER_LITERAL, feature_spread
 from torchgeo_xscale.tasks import CrossScaleMAETask
-from torchgeo_xscale.tasks.pretrain import COLLAPSE_FLOOR
+from torchgeo_xscale.tasks.pretrain import COLLAPSE_FLOOR, MODEL_ARG_NAMES
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'configs'
 
@@ -133,10 +133,15 @@ def test_bad_cp_options() -> None:
 
 
 def test_task_repeats_the_model_signature() -> None:
+    """Every model argument is a task argument with the same default; the band
+    count is named as in TorchGeo's tasks (in_channels), the model's as timm's."""
     model = inspect.signature(CrossScaleMAE.__init__).parameters
     task = inspect.signature(CrossScaleMAETask.__init__).parameters
+    assert MODEL_ARG_NAMES == {'in_chans': 'in_channels'}
     for name, param in model.items():
-        assert name in task and task[name].default == param.default, name
+        name_in_task = MODEL_ARG_NAMES.get(name, name)
+        assert name_in_task in task, name
+        assert task[name_in_task].default == param.default, name
 
 
 def test_paper_literal_configs_set_the_literal_options() -> None:

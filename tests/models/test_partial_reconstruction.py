@@ -22,6 +22,7 @@ from torchgeo_xscale.masks import (
 )
 from torchgeo_xscale.models import CrossScaleMAE
 from torchgeo_xscale.tasks import CrossScaleMAETask
+from torchgeo_xscale.tasks.pretrain import MODEL_ARG_NAMES
 
 TINY = {**TINY_MODEL, 'depth': 2}  # 32 px, patch 8: 16 patches, 4 visible, 12 masked
 CPU = torch.device('cpu')
@@ -49,6 +50,7 @@ def test_model_and_task_signatures_agree() -> None:
     model = inspect.signature(CrossScaleMAE.__init__).parameters
     task = inspect.signature(CrossScaleMAETask.__init__).parameters
     for name, param in model.items():
+        name = MODEL_ARG_NAMES.get(name, name)  # in_chans (timm) -> in_channels
         assert name in task, name
         assert task[name].default == param.default, name
         assert task[name].annotation == param.annotation, name

@@ -55,13 +55,11 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(data folder, last.ckpt) of one step of ``xscale fit`` with the tiny config."""
     root = tmp_path_factory.mktemp('pretrain')
     write_geotiff(root / 'data' / 'a.tif', width=96, height=96)
-    assert xscale(_fit_args(root / 'data', root / 'run', 1)) is None
+    assert xscale(_fit_args(root / 'data', root / 'run', 1)) == 0
     return root / 'data', next((root / 'run').rglob('last.ckpt'))
 
 
-def _resume(
-    pretrained: tuple[Path, Path], run: Path, ckpt: Path, *extra: str
-) -> int | None:
+def _resume(pretrained: tuple[Path, Path], run: Path, ckpt: Path, *extra: str) -> int:
     data, _ = pretrained
     return xscale([*_fit_args(data, run, 2, *extra), '--ckpt_path', str(ckpt)])
 
@@ -84,9 +82,11 @@ def test_other_model_size_is_refused(pretrained, tmp_path: Path, capsys) -> None
 
 
 def test_other_band_count_is_refused(pretrained, tmp_path: Path, capsys) -> None:
-    code = _resume(pretrained, tmp_path / 'run', pretrained[1], '--model.in_chans', '4')
+    code = _resume(
+        pretrained, tmp_path / 'run', pretrained[1], '--model.in_channels', '4'
+    )
     assert code == 2
-    assert 'in_chans=3 in the checkpoint, 4 requested' in _error_line(capsys)
+    assert 'in_channels=3 in the checkpoint, 4 requested' in _error_line(capsys)
 
 
 def test_other_task_class_is_refused(
@@ -98,7 +98,7 @@ def test_other_task_class_is_refused(
     line = _error_line(capsys)
     assert line == (
         f'xscale: error: --ckpt_path {segmentation_ckpt} is a checkpoint of '
-        'torchgeo_xscale.tasks.segmentation.XScaleSegmentationTask; the command line '
+        'torchgeo_xscale.tasks.XScaleSegmentationTask; the command line '
         'asks for torchgeo_xscale.tasks.CrossScaleMAETask: use the checkpoint with '
         'the config of its own run (the config.yaml saved in its log folder), or give '
         'a checkpoint of CrossScaleMAETask'
@@ -111,7 +111,7 @@ def test_matching_resume_keeps_requested_run_settings(
     """Same model: resumes; a run setting given on the command line is kept."""
     run = tmp_path / 'run'
     extra = ('--model.log_image_every_n_steps', '1')
-    assert _resume(pretrained, run, pretrained[1], *extra) is None
+    assert _resume(pretrained, run, pretrained[1], *extra) == 0
     state = torch.load(next(run.rglob('last.ckpt')), weights_only=False)
     assert state['global_step'] == 2
     assert state['hyper_parameters']['log_image_every_n_steps'] == 1

@@ -103,7 +103,7 @@ def test_plain_mae_config_trains(tmp_path: Path, make_geotiff) -> None:
         tmp_path / 'r' / 'one_band.tif', bands=1, crs='EPSG:4326', width=80, height=80
     )
     config = write_config(
-        tmp_path / 'c.yaml', tmp_path / 'r', in_chans=1, loss_cc=False, loss_cp=False
+        tmp_path / 'c.yaml', tmp_path / 'r', in_channels=1, loss_cc=False, loss_cp=False
     )
     main(
         [

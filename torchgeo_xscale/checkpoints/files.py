@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..io import atomic_path
+from ..progress import progress_bar
 
 __all__ = (
     'METADATA_KEY',
@@ -71,9 +72,19 @@ def md5sum(path: str | os.PathLike[str]) -> str:
         32 hex characters.
     """
     digest = hashlib.md5(usedforsecurity=False)
-    with open(path, 'rb') as f:
+    with (
+        open(path, 'rb') as f,
+        progress_bar(
+            total=os.path.getsize(path),
+            desc=f'md5 {os.path.basename(path)}',
+            unit='B',
+            unit_scale=True,
+            unit_divisor=1024,
+        ) as bar,
+    ):
         for chunk in iter(lambda: f.read(1 << 20), b''):
             digest.update(chunk)
+            bar.update(len(chunk))
     return digest.hexdigest()
 
 

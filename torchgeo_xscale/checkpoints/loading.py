@@ -406,6 +406,10 @@ def load_cross_scale_mae(
             'checkpoint has no hyper_parameters/model.encoder.*; expected a CrossScaleMAETask checkpoint'
         )
     accepted = inspect.signature(CrossScaleMAE.__init__).parameters
+    # the task's in_channels (TorchGeo's name) is the model's in_chans (timm's); a
+    # checkpoint from before the rename stores in_chans itself
+    bands = hparams.get('in_channels') or hparams.get('in_chans') or 3
+    hparams = {**hparams, 'in_chans': bands}
     model = CrossScaleMAE(**{k: v for k, v in hparams.items() if k in accepted})
     state = {k[len('model.') :]: v for k, v in state.items() if k.startswith('model.')}
     # what the encoder computed: post-norm blocks, no final norm (the authors' start)

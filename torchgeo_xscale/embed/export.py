@@ -6,7 +6,6 @@ See :mod:`torchgeo_xscale.embed` for the file layout and the choices made.
 import contextlib
 import math
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +14,6 @@ import rasterio
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..datasets.rasters import (
     RasterInputError,
@@ -25,6 +23,7 @@ from ..datasets.rasters import (
 from ..datasets.stats import compute_band_stats
 from ..evaluation.encoders import FeatureEncoder, Pool, load_encoder
 from ..io import atomic_path
+from ..progress import progress_bar
 from .geoparquet import GeoParquetWriter
 from .raster import EmbeddingRasterWriter, fit_pca, open_embedding_raster, patch_valid
 from .tiles import Tile, grid_shape, kept, tile_batches
@@ -435,12 +434,8 @@ def embed_geotiffs(
             'normalization': {'source': source, **norm_info},
             'grid': 'TorchGeo GriddedPatchSampler: offsets i * stride from the top-left',
         }
-        bar = tqdm(
-            total=total,
-            unit='tile',
-            desc='embed',
-            file=sys.stderr,
-            disable=not progress,
+        bar = progress_bar(
+            total=total, unit='tile', desc='embed', disable=not progress, leave=True
         )
         with atomic_path(output, '.parquet') as tmp, bar:
             parquet = GeoParquetWriter(tmp, crs, meta, stamp)

@@ -7,6 +7,7 @@ and resized back to the input size before the encoder (``train_scale='same'``); 
 ``train_scale='full'`` the bank stays at 100 % and only the queries are scaled.
 """
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from ..progress import progress_bar
 from ..transforms import scale_to_ratio
 from .datasets import ClassificationSplits, prepare_classification
 from .encoders import FeatureEncoder, load_encoder
@@ -77,7 +79,11 @@ def embed_at_scale(
         batches = data
     size = (encoder.img_size, encoder.img_size)
     features, labels = [], []
-    for batch in batches:
+    total = math.ceil(data.shape[0] / batch_size) if isinstance(data, Tensor) else None
+    bar = progress_bar(
+        batches, total=total, desc=f'embed x{scale_ratio:g}', unit='batch'
+    )
+    for batch in bar:
         x = batch['image'].to(device).float()
         if mean is not None and std is not None:
             x = (x - mean.to(x).view(1, -1, 1, 1)) / std.to(x).view(1, -1, 1, 1)

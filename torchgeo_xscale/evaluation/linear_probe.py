@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from ..progress import progress_bar
 from .datasets import ClassificationSplits
 from .encoders import FeatureEncoder
 from .knn import DEFAULT_SCALES, embed_at_scale, load_classification_eval
@@ -73,7 +74,7 @@ def train_linear_probe(
     )
     x, y = features.float(), labels.long()
     probe.train()
-    for _ in range(epochs):
+    for _ in progress_bar(range(epochs), desc='linear probe', unit='epoch'):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]

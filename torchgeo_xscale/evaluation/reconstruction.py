@@ -32,6 +32,7 @@ from ..losses import patchify, unpatchify
 from ..masks import MaskInfo, mask_from_scores, num_visible
 from ..models.cross_scale_mae import CrossScaleMAE
 from ..plotting import save_figure
+from ..progress import progress_bar
 from ..transforms import scale_to_ratio
 from .datasets import TileSet, group_members, load_geotiff_tiles, overall_rows
 from .knn import DEFAULT_SCALES
@@ -259,12 +260,16 @@ def evaluate_reconstruction(
     examples: dict[str, dict[float, Tensor]] = {m.name: {} for m in models}
     for model in models:
         model.to(device)
+    starts = range(0, len(tiles), batch_size)
+    bar = progress_bar(
+        total=len(scales) * repeats * len(starts), desc='reconstruct', unit='batch'
+    )
     for si, ratio in enumerate(scales):
         for rep in range(repeats):
             generator = torch.Generator().manual_seed(
                 seed * 1_000_003 + si * 1009 + rep
             )
-            for start in range(0, len(tiles), batch_size):
+            for start in starts:
                 images = _crops(
                     tiles.images[start : start + batch_size],
                     ratio,
@@ -303,6 +308,8 @@ def evaluate_reconstruction(
                         examples[model.name][float(ratio)] = torch.cat(
                             [images[:1], visible, recon[:1]]
                         ).cpu()
+                bar.update(1)
+    bar.close()
     rows = []
     for (name, ratio), parts in results.items():
         values = torch.cat(parts)

@@ -11,12 +11,27 @@ import cycle.
 import importlib
 from typing import Any
 
-from .attention import build_attention, list_attention_backends, register_attention
+from .attention import (
+    EagerAttention,
+    SDPAttention,
+    XFormersAttention,
+    build_attention,
+    list_attention_backends,
+    register_attention,
+)
 from .cross_scale_mae import CrossScaleMAE, CrossScaleMAEOutput
 from .fourier import FourierMix  # registers the 'fourier' attention backend
 from .local_attention import LocalAttention  # registers 'local'
+from .segmentation import (
+    FCNHead,
+    Feature2Pyramid,
+    XScaleViTEncoder,
+    build_upernet,
+    register_encoder,
+)
 from .vit import (
     VIT_SIZES,
+    Block,
     CrossScaleViT,
     PostNormBlock,
     build_vit,
@@ -42,16 +57,25 @@ _FROM_CHECKPOINTS = (
 
 __all__ = (
     'VIT_SIZES',
+    'Block',
     'CrossScaleMAE',
     'CrossScaleMAEOutput',
     'CrossScaleViT',
+    'EagerAttention',
+    'FCNHead',
+    'Feature2Pyramid',
     'FourierMix',
     'LocalAttention',
     'PostNormBlock',
+    'SDPAttention',
+    'XFormersAttention',
+    'XScaleViTEncoder',
     'build_attention',
+    'build_upernet',
     'build_vit',
     'list_attention_backends',
     'register_attention',
+    'register_encoder',
     'set_residual_norm_style',
     *_FROM_CHECKPOINTS,
 )

@@ -137,6 +137,30 @@ def plain(value: Any) -> Any:
     return value
 
 
+#: Hyper-parameters renamed since checkpoints were written: old name -> new name.
+RENAMED_HPARAMS: dict[str, str] = {'in_chans': 'in_channels'}
+
+
+def upgrade_hparams(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's hyper-parameters with the old names of :data:`RENAMED_HPARAMS`.
+
+    ``CrossScaleMAETask`` took the band count as ``in_chans`` (timm's name) before
+    it took ``in_channels`` (TorchGeo's); a checkpoint storing the old name reads as
+    if it stored the new one (when it does not store both).
+
+    Args:
+        stored: The checkpoint's ``hyper_parameters``.
+
+    Returns:
+        A copy with the old names renamed.
+    """
+    upgraded = dict(stored)
+    for old, new in RENAMED_HPARAMS.items():
+        if old in upgraded and new not in upgraded:
+            upgraded[new] = upgraded.pop(old)
+    return upgraded
+
+
 def hparam_conflicts(
     requested: Mapping[str, Any], stored: Mapping[str, Any]
 ) -> dict[str, tuple[Any, Any]]:
@@ -197,7 +221,7 @@ def check_checkpoint_fits(
     """
     cls = type(task)
     name = f'--ckpt_path {os.fspath(source)}' if source else 'the checkpoint'
-    stored = checkpoint.get('hyper_parameters') or {}
+    stored = upgrade_hparams(checkpoint.get('hyper_parameters') or {})
     written_by = task_class_path(checkpoint)
     foreign = set(stored) - set(_CLI_KEYS) - _arguments(cls)
     if (written_by and '_class_path' in stored and not same_class(written_by, cls)) or (
@@ -269,7 +293,7 @@ def check_resume(
     if not model:
         return {}
     checkpoint = load_checkpoint(ckpt_path)
-    stored = checkpoint.get('hyper_parameters') or {}
+    stored = upgrade_hparams(checkpoint.get('hyper_parameters') or {})
     if not stored:
         return {}
     name = f'--ckpt_path {os.fspath(ckpt_path)}'

@@ -27,8 +27,20 @@ logger = logging.getLogger(__name__)
 #: 0.1 for the collapsed target of the paper-literal L_cp at the study's scale).
 COLLAPSE_FLOOR = 0.2
 
-#: Task arguments that are CrossScaleMAE's constructor arguments.
+#: CrossScaleMAE's constructor arguments (each is a task argument, see MODEL_ARG_NAMES).
 MODEL_ARGS = tuple(inspect.signature(CrossScaleMAE.__init__).parameters)[1:]
+
+#: Model arguments the task names otherwise: the band count is ``in_channels`` in
+#: TorchGeo's tasks (``tasks.MAE``, ours), ``in_chans`` in timm's models (ours).
+MODEL_ARG_NAMES: dict[str, str] = {'in_chans': 'in_channels'}
+
+#: The message when the old name is given to the task.
+IN_CHANS_RENAMED = (
+    "in_chans was renamed in_channels (TorchGeo's name); expected "
+    '--model.init_args.in_channels {value} (in Python: in_channels={value}; a '
+    'checkpoint from before the rename: load_from_checkpoint(path, in_chans=None, '
+    'in_channels={value}), or xscale ... --ckpt_path, which maps it)'
+)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -91,7 +103,7 @@ class CrossScaleMAETask(BaseTask):
         size: str = 'base',
         img_size: int = 128,
         patch_size: int = 16,
-        in_chans: int = 3,
+        in_channels: int = 3,
         embed_dim: int | None = None,
         depth: int | None = None,
         num_heads: int | None = None,
@@ -138,6 +150,7 @@ class CrossScaleMAETask(BaseTask):
         max_nonfinite_skips: int = 10,
         cp_collapse_floor: float = COLLAPSE_FLOOR,
         seed: int = 0,
+        in_chans: int | None = None,
     ) -> None:
         """Initialise the task.
 
@@ -148,7 +161,7 @@ class CrossScaleMAETask(BaseTask):
             size: Encoder size.
             img_size: View size in pixels.
             patch_size: Patch size.
-            in_chans: Input bands.
+            in_channels: Input bands (TorchGeo's name; the model's ``in_chans``).
             embed_dim: Encoder width override.
             depth: Encoder depth override.
             num_heads: Encoder heads override.
@@ -214,9 +227,14 @@ class CrossScaleMAETask(BaseTask):
             seed: Seed of the masks, drawn per step from (seed, rank, step), so that
                 a resumed run is exact.
 
+            in_chans: Renamed *in_channels* (TorchGeo's name); giving it raises.
+
         Raises:
-            ValueError: If *nonfinite* is not ``raise`` or ``skip``.
+            ValueError: If *nonfinite* is not ``raise`` or ``skip``, or *in_chans*
+                is given.
         """
+        if in_chans is not None:
+            raise ValueError(IN_CHANS_RENAMED.format(value=in_chans))
         if nonfinite not in ('raise', 'skip'):
             msg = f"nonfinite={nonfinite!r}; expected 'raise' or 'skip'"
             raise ValueError(msg)
@@ -230,7 +248,9 @@ class CrossScaleMAETask(BaseTask):
 
     def configure_models(self) -> None:
         """Build Cross-Scale MAE and load starting weights if given."""
-        self.model = CrossScaleMAE(**{k: self.hparams[k] for k in MODEL_ARGS})
+        self.model = CrossScaleMAE(
+            **{k: self.hparams[MODEL_ARG_NAMES.get(k, k)] for k in MODEL_ARGS}
+        )
         if self.hparams['weights']:
             # post-norm blocks and no final norm for the authors' weights, as theirs;
             # the bands must match (the reconstruction target is per band)
@@ -307,15 +327,15 @@ class CrossScaleMAETask(BaseTask):
             raise ValueError(msg)
         datamodule = getattr(self._trainer, 'datamodule', None)
         bands = getattr(datamodule, 'num_bands', None)
-        in_chans = self.hparams['in_chans']
-        if isinstance(bands, int) and bands != in_chans:
+        in_channels = self.hparams['in_channels']
+        if isinstance(bands, int) and bands != in_channels:
             source = (
                 getattr(datamodule, 'band_source', None) or type(datamodule).__name__
             )
             msg = (
-                f'{source}: the data has {bands} bands to read, the model in_chans='
-                f'{in_chans}; expected --model.init_args.in_chans {bands} (or '
-                f'--data.init_args.bands with {in_chans} bands)'
+                f'{source}: the data has {bands} bands to read, the model in_channels='
+                f'{in_channels}; expected --model.init_args.in_channels {bands} (or '
+                f'--data.init_args.bands with {in_channels} bands)'
             )
             raise ValueError(msg)
 

@@ -1,43 +1,23 @@
-"""``xscale segment`` (GeoTIFF inference) and ``xscale scale-study`` (Table 4).
+"""``xscale segment``: sliding-window inference of a GeoTIFF of any size.
 
 ``xscale segment --checkpoint seg.ckpt --input big.tif --output mask.tif`` runs a
 fine-tuned :class:`~torchgeo_xscale.tasks.segmentation.XScaleSegmentationTask`
-checkpoint over a GeoTIFF of any size (:func:`~torchgeo_xscale.inference.
-segment_geotiff`), with the normalisation and bands stored in the checkpoint.
-
-``xscale scale-study --config configs/segmentation/potsdam.yaml --data.root DIR``
-fine-tunes and tests at each scale ratio (default 25 / 50 / 100 %), or only tests a
-given ``--checkpoint`` at each, and writes ``scale_study.csv``, ``scale_study.md``
-(mIoU / OA beside the paper's Table 4, per-class IoU) and a prediction figure per scale.
-Arguments it does not know go to the LightningCLI (``--trainer.max_epochs 50``...).
+checkpoint over a GeoTIFF (:func:`~torchgeo_xscale.inference.segment_geotiff`),
+with the normalisation and bands stored in the checkpoint, and shows a progress
+bar of the windows on stderr (``--quiet``: none).
 """
 
 import argparse
-import csv
-import json
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from .io import atomic_path
+from .common import add_quiet, command_parser
 
-__all__ = (
-    'TABLE4_MIOU',
-    'choose_window',
-    'scale_study_main',
-    'segment_main',
-    'write_scale_table',
-)
-
-#: The paper's Table 4: UPerNet mIoU of Cross-Scale MAE at 25 / 50 / 100 % scale.
-TABLE4_MIOU: dict[str, dict[float, float]] = {
-    'potsdam': {0.25: 0.7082, 0.5: 0.7225, 1.0: 0.7617},
-    'vaihingen': {0.25: 0.7163, 0.5: 0.7354, 1.0: 0.7603},
-}
+__all__ = ('choose_window', 'main', 'segment_parser')
 
 
 def _load_task(checkpoint: str, device: torch.device) -> Any:
@@ -48,9 +28,9 @@ def _load_task(checkpoint: str, device: torch.device) -> Any:
             :class:`~torchgeo_xscale.tasks.segmentation.XScaleSegmentationTask`
             (e.g. a pretraining checkpoint), naming what it is.
     """
-    from .tasks import CrossScaleMAETask
-    from .tasks.checkpoint import load_checkpoint, same_class, task_class_path
-    from .tasks.segmentation import XScaleSegmentationTask
+    from ..tasks import CrossScaleMAETask
+    from ..tasks.checkpoint import load_checkpoint, same_class, task_class_path
+    from ..tasks.segmentation import XScaleSegmentationTask
 
     state = load_checkpoint(checkpoint)
     if 'state_dict' not in state or 'hyper_parameters' not in state:
@@ -137,18 +117,15 @@ def choose_window(
     return window, note
 
 
-def segment_main(argv: Sequence[str]) -> int:
-    """``xscale segment``: sliding-window inference over a GeoTIFF.
-
-    Args:
-        argv: Arguments after ``segment``.
+def segment_parser() -> argparse.ArgumentParser:
+    """The parser of ``xscale segment``.
 
     Returns:
-        Exit status.
+        The parser (defaults shown in ``--help``).
     """
-    parser = argparse.ArgumentParser(
-        prog='xscale segment',
-        description='Segment a GeoTIFF with a fine-tuned checkpoint; writes a tiled, '
+    parser = command_parser(
+        'xscale segment',
+        'Segment a GeoTIFF with a fine-tuned checkpoint; writes a tiled, '
         'compressed class GeoTIFF on the input grid (255 = no data).',
     )
     parser.add_argument('--checkpoint', required=True, help='segmentation .ckpt')
@@ -178,20 +155,31 @@ def segment_main(argv: Sequence[str]) -> int:
         '--gdal-cache-mb', type=int, default=64, help='GDAL block cache while running'
     )
     parser.add_argument(
-        '--quiet', action='store_true', help='no progress bar and no summary line'
-    )
-    parser.add_argument(
         '--gsd',
         default='auto',
         help="GSD to segment at: 'auto' (the model's training GSD when the checkpoint "
         "records it, else native), 'native', or metres per pixel; the outputs are "
         "on the input's grid",
     )
-    args = parser.parse_args(argv)
+    add_quiet(parser, 'no progress bar and no summary line')
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``xscale segment``: sliding-window inference over a GeoTIFF.
+
+    Args:
+        argv: Arguments after ``segment`` (default ``sys.argv[2:]``).
+
+    Returns:
+        Exit status 0 (argument errors exit with status 2, naming the argument).
+    """
+    parser = segment_parser()
+    args = parser.parse_args(list(sys.argv[2:] if argv is None else argv))
 
     import rasterio
 
-    from .segment_gsd import parse_gsd, plan_gsd, segment_at_gsd
+    from ..segment_gsd import parse_gsd, plan_gsd, segment_at_gsd
 
     try:
         parse_gsd(args.gsd)
@@ -275,194 +263,3 @@ def segment_main(argv: Sequence[str]) -> int:
             f'{stats.chunks} chunks'
         )
     return 0
-
-
-def write_scale_table(
-    rows: list[dict[str, Any]],
-    output_dir: str | os.PathLike[str],
-    dataset: str | None = None,
-    class_names: Sequence[str] | None = None,
-    ignore_index: int | None = None,
-) -> tuple[str, str]:
-    """Write the scale study's ``scale_study.csv`` and ``scale_study.md``.
-
-    Args:
-        rows: One per scale: ``scale``, ``miou``, ``overall_accuracy``, ``iou``
-            (per-class list).
-        output_dir: Folder to write into.
-        dataset: ``potsdam`` or ``vaihingen`` to print the paper's Table 4 beside.
-        class_names: Class names (default: indices).
-        ignore_index: Class left out of mIoU (shown as ``-``).
-
-    Returns:
-        Paths of the CSV and Markdown files.
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    k = len(rows[0]['iou']) if rows else 0
-    names = list(class_names or [str(i) for i in range(k)])
-    csv_path = os.path.join(output_dir, 'scale_study.csv')
-    with atomic_path(csv_path) as tmp, open(tmp, 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            [
-                'scale',
-                'miou',
-                'overall_accuracy',
-                *[f'iou_{n}' for n in names],
-                'paper_miou',
-            ]
-        )
-        for row in rows:
-            paper = TABLE4_MIOU.get(dataset or '', {}).get(row['scale'], '')
-            writer.writerow(
-                [
-                    row['scale'],
-                    f'{row["miou"]:.4f}',
-                    f'{row["overall_accuracy"]:.4f}',
-                    *[f'{v:.4f}' for v in row['iou']],
-                    paper,
-                ]
-            )
-    scales = [row['scale'] for row in rows]
-    head = '| | ' + ' | '.join(f'{100 * s:g} %' for s in scales) + ' |'
-    rule = '|---|' + '---:|' * len(scales)
-    lines = [
-        f'# Scale study{f" ({dataset})" if dataset else ""}',
-        '',
-        '## mIoU (Table 4)',
-        '',
-        head,
-        rule,
-    ]
-    lines.append(
-        '| this run mIoU | ' + ' | '.join(f'{r["miou"]:.4f}' for r in rows) + ' |'
-    )
-    lines.append(
-        '| this run OA | '
-        + ' | '.join(f'{r["overall_accuracy"]:.4f}' for r in rows)
-        + ' |'
-    )
-    if dataset in TABLE4_MIOU:
-        published = TABLE4_MIOU[dataset]
-        lines.append(
-            '| paper mIoU (Cross-Scale MAE, Table 4) | '
-            + ' | '.join(
-                f'{published[s]:.4f}' if s in published else '-' for s in scales
-            )
-            + ' |'
-        )
-    lines += ['', '## IoU per class', '', head, rule]
-    for i, name in enumerate(names):
-        cells = ['-' if i == ignore_index else f'{r["iou"][i]:.4f}' for r in rows]
-        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
-    if ignore_index is not None:
-        lines += [
-            '',
-            f'Class {names[ignore_index]!r} (index {ignore_index}) is ignored in loss, mIoU and OA.',
-        ]
-    md_path = os.path.join(output_dir, 'scale_study.md')
-    with atomic_path(md_path) as tmp, open(tmp, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
-    return csv_path, md_path
-
-
-def _dataset_name(datamodule: Any) -> str | None:
-    name = type(datamodule).__name__.lower()
-    return next((d for d in TABLE4_MIOU if d in name), None)
-
-
-def scale_study_main(argv: Sequence[str]) -> int:
-    """``xscale scale-study``: fine-tune/test at several scales, write Table 4.
-
-    Args:
-        argv: Arguments after ``scale-study``.
-
-    Returns:
-        Exit status.
-    """
-    parser = argparse.ArgumentParser(
-        prog='xscale scale-study',
-        description='Fine-tune and test (or only test --checkpoint) at each scale ratio; '
-        'other arguments go to the LightningCLI (e.g. --data.root DIR).',
-    )
-    parser.add_argument('--config', required=True, help='segmentation config YAML')
-    parser.add_argument('--scales', type=float, nargs='+', default=[0.25, 0.5, 1.0])
-    parser.add_argument('--output', default='results/scale_study', help='output folder')
-    parser.add_argument('--checkpoint', help='only test this checkpoint at each scale')
-    args, rest = parser.parse_known_args(argv)
-    for scale in args.scales:
-        if not 0 < scale <= 1:
-            parser.error(f'--scales {scale}: expected 0 < scale <= 1')
-
-    from .cli import lightning_cli
-
-    rows: list[dict[str, Any]] = []
-    dataset, names, ignore = None, None, None
-    for scale in args.scales:
-        run_dir = os.path.join(args.output, f'scale_{100 * scale:g}')
-        cli = lightning_cli(
-            [
-                '--config',
-                args.config,
-                *rest,
-                '--data.init_args.scale_ratio',
-                str(scale),
-                '--trainer.default_root_dir',
-                run_dir,
-            ],
-            run=False,
-        )
-        trainer, task, datamodule = cli.trainer, cli.model, cli.datamodule
-        ckpt_path = args.checkpoint
-        if ckpt_path is None:
-            trainer.fit(task, datamodule=datamodule)
-            best = getattr(trainer.checkpoint_callback, 'best_model_path', '')
-            ckpt_path = best or None
-        metrics = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt_path)[0]
-        labels = task.hparams['labels'] or [
-            str(i) for i in range(task.hparams['num_classes'])
-        ]
-        dataset, names, ignore = (
-            _dataset_name(datamodule),
-            labels,
-            task.hparams['ignore_index'],
-        )
-        rows.append(
-            {
-                'scale': scale,
-                'miou': metrics['test_AverageJaccardIndex'],
-                'overall_accuracy': metrics['test_OverallAccuracy'],
-                'iou': [
-                    metrics.get(f'test_ClasswiseJaccardIndex_{n}', float('nan'))
-                    for n in labels
-                ],
-                'checkpoint': ckpt_path,
-            }
-        )
-        if task.last_figure:
-            shutil.copyfile(
-                task.last_figure,
-                os.path.join(args.output, f'predictions_{100 * scale:g}.png'),
-            )
-    csv_path, md_path = write_scale_table(rows, args.output, dataset, names, ignore)
-    with (
-        atomic_path(os.path.join(args.output, 'scale_study.json')) as tmp,
-        open(tmp, 'w') as f,
-    ):
-        json.dump(
-            {
-                'dataset': dataset,
-                'classes': names,
-                'ignore_index': ignore,
-                'rows': rows,
-            },
-            f,
-            indent=2,
-        )
-    with open(md_path) as f:
-        sys.stdout.write(f.read())
-    print(f'wrote {csv_path} and {md_path}')
-    return 0
-
-
-main = segment_main

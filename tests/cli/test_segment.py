@@ -16,7 +16,8 @@ from conftest import write_geotiff
 from isprs_layout import tiny_task
 
 from torchgeo_xscale.cli import main as xscale
-from torchgeo_xscale.segment_cli import choose_window, write_scale_table
+from torchgeo_xscale.cli.scale_study import write_scale_table
+from torchgeo_xscale.cli.segment import choose_window
 
 #: GSD of the ISPRS Vaihingen tiles, which ``segmentation_ckpt`` records.
 VAIHINGEN_GSD = 0.09

@@ -1,5 +1,7 @@
 """``xscale weights``: list, import and export pretrained weights.
 
+A progress bar of the MD5 check of an import goes to stderr (``--quiet``: none).
+
 * ``xscale weights list``: every registered entry, and whether its converted file is
   in the cache;
 * ``xscale weights import FILE``: check a downloaded release (by MD5), convert it and
@@ -16,8 +18,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .checkpoints import export_weights, find_entry, md5sum, registered_entries
-from .checkpoints.files import read_metadata
+from .. import progress
+from ..checkpoints import export_weights, find_entry, md5sum, registered_entries
+from ..checkpoints.files import read_metadata
+from .common import HelpFormatter, add_quiet, command_parser
+
+__all__ = ('cmd_export', 'cmd_import', 'cmd_list', 'main', 'parse_args')
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -29,14 +35,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     Returns:
         The namespace (``command`` is ``list``, ``import`` or ``export``).
     """
-    parser = argparse.ArgumentParser(
-        prog='xscale weights', description=__doc__.splitlines()[0]
+    parser = command_parser(
+        'xscale weights', 'List, import and export pretrained weights.'
     )
-    sub = parser.add_subparsers(dest='command', required=True)
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=text, description=text, formatter_class=HelpFormatter
+        )
+        add_quiet(p)
+        return p
+
     cache_help = 'cache folder (default: torch hub dir/checkpoints/xscale)'
-    p = sub.add_parser('list', help='registered entries and what is cached')
+    p = command('list', 'registered entries and what is cached')
     p.add_argument('--model-dir', help=cache_help)
-    p = sub.add_parser('import', help='check, convert and cache a downloaded release')
+    p = command('import', 'check, convert and cache a downloaded release')
     p.add_argument('file', help="the authors' checkpoint (.pth) as downloaded")
     p.add_argument('--weights', help='entry name (default: found by the MD5 of FILE)')
     p.add_argument(
@@ -47,7 +61,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "authors' code); needs --weights",
     )
     p.add_argument('--model-dir', help=cache_help)
-    p = sub.add_parser('export', help='checkpoint -> weights file for the builders')
+    p = command('export', 'checkpoint -> weights file for the builders')
     p.add_argument(
         'src', help='Lightning .ckpt of CrossScaleMAETask, or another checkpoint'
     )
@@ -160,23 +174,28 @@ def cmd_export(src: str, out: str) -> int:
     return 0
 
 
-def main(argv: Sequence[str] = ()) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``xscale weights``.
 
     Args:
-        argv: Arguments after ``xscale weights``.
+        argv: Arguments after ``xscale weights`` (default ``sys.argv[2:]``).
 
     Returns:
         Exit status: 0 on success, 1 on a bad file or a failed write (the one-line
         message says which file and why).
     """
-    args = parse_args(argv)
+    args = parse_args(sys.argv[2:] if argv is None else argv)
     try:
-        if args.command == 'list':
-            return cmd_list(args.model_dir)
-        if args.command == 'import':
-            return cmd_import(args.file, args.weights, args.model_dir, args.check_md5)
-        return cmd_export(args.src, args.out)
+        with progress.quiet(args.quiet):
+            return _run(args)
     except (ValueError, OSError) as err:  # OSError: FileNotFoundError, a full disk...
         print(f'error: {err}', file=sys.stderr)
         return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == 'list':
+        return cmd_list(args.model_dir)
+    if args.command == 'import':
+        return cmd_import(args.file, args.weights, args.model_dir, args.check_md5)
+    return cmd_export(args.src, args.out)

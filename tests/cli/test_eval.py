@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from torchgeo_xscale.cli import SUBCOMMANDS, main
+from torchgeo_xscale.cli import COMMANDS, main
 from torchgeo_xscale.models import build_vit
 
 VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
@@ -62,8 +62,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_subcommands_registered() -> None:
-    assert SUBCOMMANDS['eval'] == 'torchgeo_xscale.eval_cli:eval_main'
-    assert SUBCOMMANDS['study'] == 'torchgeo_xscale.eval_cli:study_main'
+    assert COMMANDS['eval'][0] == 'torchgeo_xscale.cli.eval'
+    assert COMMANDS['study'][0] == 'torchgeo_xscale.cli.study'
 
 
 def test_eval_knn_with_builder_name_and_weights(checkpoints, tmp_path) -> None:

@@ -1,33 +1,29 @@
-r"""``xscale eval <protocol> ...`` and ``xscale study ...``.
+r"""``xscale eval <protocol> ...``: evaluate representations across scales.
 
 Protocols: ``knn``, ``linear``, ``reconstruction``, ``retrieval`` (see
 :mod:`torchgeo_xscale.evaluation`). Each writes ``<name>.csv``, ``<name>.md`` and
-``<name>.png`` into ``--output``. Examples::
+``<name>.png`` into ``--output``; a progress bar of the encoded batches goes to
+stderr (``--quiet``: none). Examples::
 
     xscale eval knn --encoder crossscalemae_base_patch16 --weights w.pth \\
         --dataset resisc45 --root data/resisc45
     xscale eval retrieval --encoder outputs/demo/checkpoints/last.ckpt --data data/example
     xscale eval reconstruction --model run_a.ckpt --model run_b.ckpt --data rasters/
-    xscale study --seeds 0 1 2
 """
 
 import argparse
 import json
 import logging
-import os
-import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .evaluation.datasets import CLASSIFICATION_DATASETS
-from .evaluation.knn import DEFAULT_SCALES
+from .. import progress
+from ..evaluation.datasets import CLASSIFICATION_DATASETS
+from ..evaluation.knn import DEFAULT_SCALES
+from .common import HelpFormatter, add_quiet, command_line, command_parser
 
-__all__ = ('eval_main', 'study_main')
-
-
-def _command(prog: str, argv: Sequence[str]) -> str:
-    return ' '.join([prog, *(shlex.quote(a) for a in argv)])
+__all__ = ('eval_parser', 'main')
 
 
 def _encoder_args(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +62,7 @@ def _common_args(parser: argparse.ArgumentParser, name: str) -> None:
     )
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda', 'cuda:1'...")
+    add_quiet(parser)
 
 
 def _classification_args(parser: argparse.ArgumentParser) -> None:
@@ -141,18 +138,22 @@ def eval_parser() -> argparse.ArgumentParser:
     Returns:
         The parser, one subcommand per protocol.
     """
-    parser = argparse.ArgumentParser(
-        prog='xscale eval', description='Evaluate representations across scales.'
-    )
-    sub = parser.add_subparsers(dest='protocol', required=True)
-    knn = sub.add_parser('knn', help='kNN classification vs scale (Scale-MAE protocol)')
+    parser = command_parser('xscale eval', 'Evaluate representations across scales.')
+    sub = parser.add_subparsers(dest='protocol', required=True, metavar='PROTOCOL')
+
+    def protocol(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=text, description=text, formatter_class=HelpFormatter
+        )
+
+    knn = protocol('knn', 'kNN classification vs scale (Scale-MAE protocol)')
     _encoder_args(knn)
     _classification_args(knn)
     _common_args(knn, 'knn')
     knn.add_argument('--k', type=int, default=20)
     knn.add_argument('--temperature', type=float, default=0.07)
 
-    linear = sub.add_parser('linear', help='linear probe vs scale')
+    linear = protocol('linear', 'linear probe vs scale')
     _encoder_args(linear)
     _classification_args(linear)
     _common_args(linear, 'linear')
@@ -160,8 +161,8 @@ def eval_parser() -> argparse.ArgumentParser:
     linear.add_argument('--lr', type=float, default=1e-3)
     linear.add_argument('--seed', type=int, default=0)
 
-    recon = sub.add_parser(
-        'reconstruction', help='multi-scale reconstruction MSE/SSIM on GeoTIFFs'
+    recon = protocol(
+        'reconstruction', 'multi-scale reconstruction MSE/SSIM on GeoTIFFs'
     )
     recon.add_argument(
         '--model',
@@ -180,8 +181,8 @@ def eval_parser() -> argparse.ArgumentParser:
     )
     recon.add_argument('--seed', type=int, default=0)
 
-    retrieval = sub.add_parser(
-        'retrieval', help='cross-scale retrieval on GeoTIFF tiles (label-free)'
+    retrieval = protocol(
+        'retrieval', 'cross-scale retrieval on GeoTIFF tiles (label-free)'
     )
     _encoder_args(retrieval)
     _tile_args(retrieval)
@@ -190,26 +191,34 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def _print_rows(rows: list[dict[str, Any]], output: str) -> None:
-    from .evaluation.report import markdown_table
+    from ..evaluation.report import markdown_table
 
     print(markdown_table(rows))
     print(f'report written to {output}')
 
 
-def eval_main(argv: Sequence[str] = ()) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``xscale eval <protocol> ...``.
 
     Args:
-        argv: Arguments after ``eval``.
+        argv: Arguments after ``eval`` (default ``sys.argv[2:]``).
 
     Returns:
         Exit status 0.
     """
-    args = eval_parser().parse_args(list(argv))
+    argv = list(sys.argv[2:] if argv is None else argv)
+    args = eval_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    command = _command('xscale eval', argv)
+    with progress.quiet(args.quiet):
+        rows = _run(args, command_line('xscale eval', argv))
+    _print_rows(rows, args.output)
+    return 0
+
+
+def _run(args: argparse.Namespace, command: str) -> list[dict[str, Any]]:
+    """Run the chosen protocol; its result rows."""
     if args.protocol in ('knn', 'linear') and args.protocol_name == 'scale-transfer':
-        from .evaluation.scale_transfer import run_scale_transfer
+        from ..evaluation.scale_transfer import run_scale_transfer
 
         rows = run_scale_transfer(
             args.encoder,
@@ -255,17 +264,17 @@ def eval_main(argv: Sequence[str] = ()) -> int:
             command=command,
         )
         if args.protocol == 'knn':
-            from .evaluation.knn import run_knn
+            from ..evaluation.knn import run_knn
 
             rows = run_knn(k=args.k, temperature=args.temperature, **common)
         else:
-            from .evaluation.linear_probe import run_linear_probe
+            from ..evaluation.linear_probe import run_linear_probe
 
             rows = run_linear_probe(
                 epochs=args.epochs, lr=args.lr, seed=args.seed, **common
             )
     elif args.protocol == 'reconstruction':
-        from .evaluation.reconstruction import run_reconstruction
+        from ..evaluation.reconstruction import run_reconstruction
 
         rows = run_reconstruction(
             args.model,
@@ -285,7 +294,7 @@ def eval_main(argv: Sequence[str] = ()) -> int:
             command=command,
         )
     else:
-        from .evaluation.retrieval import run_retrieval
+        from ..evaluation.retrieval import run_retrieval
 
         rows = run_retrieval(
             args.encoder,
@@ -304,107 +313,4 @@ def eval_main(argv: Sequence[str] = ()) -> int:
             args.model_kwargs,
             command=command,
         )
-    _print_rows(rows, args.output)
-    return 0
-
-
-def study_parser() -> argparse.ArgumentParser:
-    """The parser of ``xscale study``.
-
-    Returns:
-        The parser.
-    """
-    from .study import ABLATIONS, METHODS, StudyConfig
-
-    d = StudyConfig()
-    parser = argparse.ArgumentParser(
-        prog='xscale study',
-        description='Equal-budget pretraining study: Cross-Scale MAE vs MAE vs torchgeo.tasks.MAE.',
-    )
-    parser.add_argument('--seeds', type=int, nargs='+', default=list(d.seeds))
-    parser.add_argument('--epochs', type=int, default=d.epochs)
-    parser.add_argument('--steps-per-epoch', type=int, default=d.steps_per_epoch)
-    parser.add_argument('--batch-size', type=int, default=d.batch_size)
-    parser.add_argument('--lr', type=float, default=d.lr)
-    parser.add_argument(
-        '--scale-range', type=float, nargs=2, default=list(d.scale_range)
-    )
-    parser.add_argument('--holdout-fraction', type=float, default=d.holdout_fraction)
-    parser.add_argument('--eval-stride', type=int, default=d.eval_stride)
-    parser.add_argument(
-        '--max-tiles-per-raster', type=int, default=d.max_tiles_per_raster
-    )
-    parser.add_argument('--scales', type=float, nargs='+', default=list(d.scales))
-    parser.add_argument('--repeats', type=int, default=d.repeats)
-    parser.add_argument(
-        '--methods',
-        nargs='+',
-        choices=[*METHODS, *ABLATIONS],
-        default=list(d.methods),
-        help='methods to train (xscale_paper: the paper read literally; xscale_re*: '
-        'loss ablations; xscale_crop: crop views)',
-    )
-    parser.add_argument(
-        '--model-kwargs',
-        type=json.loads,
-        default=None,
-        help='JSON overriding the ViT settings (e.g. larger models)',
-    )
-    parser.add_argument(
-        '--data', default=d.data, help='cache folder of the study rasters'
-    )
-    parser.add_argument(
-        '--rasters',
-        nargs='+',
-        default=None,
-        help='GeoTIFFs to use instead of the study rasters (all bands)',
-    )
-    parser.add_argument('--output', default=d.output)
-    parser.add_argument('--num-workers', type=int, default=d.num_workers)
-    parser.add_argument('--accelerator', default=d.accelerator)
-    parser.add_argument(
-        '--threads', type=int, default=None, help='torch CPU threads (default: torch)'
-    )
-    return parser
-
-
-def study_main(argv: Sequence[str] = ()) -> int:
-    """Run ``xscale study ...``.
-
-    Args:
-        argv: Arguments after ``study``.
-
-    Returns:
-        Exit status 0.
-    """
-    from .study import StudyConfig, run_study
-
-    args = study_parser().parse_args(list(argv))
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
-    config = StudyConfig(
-        seeds=tuple(args.seeds),
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        scale_range=tuple(args.scale_range),
-        holdout_fraction=args.holdout_fraction,
-        eval_stride=args.eval_stride,
-        max_tiles_per_raster=args.max_tiles_per_raster,
-        scales=tuple(args.scales),
-        repeats=args.repeats,
-        methods=tuple(args.methods),
-        data=args.data,
-        rasters=args.rasters,
-        output=args.output,
-        num_workers=args.num_workers,
-        accelerator=args.accelerator,
-        num_threads=args.threads,
-    )
-    if args.model_kwargs:
-        config.model.update(args.model_kwargs)
-    result = run_study(config, command=_command('xscale study', argv))
-    with open(result['summary']) as f:
-        sys.stdout.write(f.read())
-    print(f'\nsummary written to {os.path.abspath(result["summary"])}')
-    return 0
+    return rows

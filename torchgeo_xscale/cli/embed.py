@@ -11,18 +11,12 @@ A thin command over :func:`torchgeo_xscale.embed.embed_geotiffs`. Examples::
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Sequence
 
+from .common import add_quiet, command_parser
+
 __all__ = ('embed_parser', 'main')
-
-
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Show defaults, except None / False ones (their help says what happens)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.required or action.default in (None, False):
-            return action.help or ''
-        return super()._get_help_string(action) or ''
 
 
 def embed_parser() -> argparse.ArgumentParser:
@@ -31,12 +25,11 @@ def embed_parser() -> argparse.ArgumentParser:
     Returns:
         The parser (defaults shown in ``--help``).
     """
-    parser = argparse.ArgumentParser(
-        prog='xscale embed',
-        description='Per-tile embeddings of GeoTIFFs as GeoParquet (one row per '
+    parser = command_parser(
+        'xscale embed',
+        'Per-tile embeddings of GeoTIFFs as GeoParquet (one row per '
         'tile: polygon in the input CRS, centre lon/lat, GSD, source, embedding), '
         'optionally an embedding GeoTIFF at patch resolution.',
-        formatter_class=_Help,
     )
     parser.add_argument(
         '--encoder',
@@ -125,22 +118,22 @@ def embed_parser() -> argparse.ArgumentParser:
         "TorchGeo's EarthEmbeddings needs one",
     )
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda', 'cuda:1'...")
-    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+    add_quiet(parser, 'no progress bar')
     return parser
 
 
-def main(argv: Sequence[str] = ()) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``xscale embed ...``.
 
     Args:
-        argv: Arguments after ``embed``.
+        argv: Arguments after ``embed`` (default ``sys.argv[2:]``).
 
     Returns:
         Exit status 0.
     """
-    from .embed import embed_geotiffs
+    from ..embed import embed_geotiffs
 
-    args = embed_parser().parse_args(list(argv))
+    args = embed_parser().parse_args(list(sys.argv[2:] if argv is None else argv))
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     result = embed_geotiffs(
         args.input,
