@@ -54,9 +54,9 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from ..config import ARCHITECTURE_KEYS, TINY_CONFIG, load_model_args
 from ..datamodules.geotiff import GeoTIFFDataModule
 from ..datamodules.pretraining import PretrainDataModuleMixin
-from ..demo import DEMO_MODEL
 from ..io import AtomicCheckpointIO, atomic_path
 from ..models.cross_scale_mae import PAPER_LITERAL
 from .datasets import TileSet, load_geotiff_tiles
@@ -164,7 +164,9 @@ class StudyConfig:
     num_workers: int = 1
     accelerator: str = 'auto'
     num_threads: int | None = None
-    model: dict[str, Any] = field(default_factory=lambda: dict(DEMO_MODEL))
+    model: dict[str, Any] = field(
+        default_factory=lambda: load_model_args(TINY_CONFIG, ARCHITECTURE_KEYS)
+    )
 
 
 def _options(method: str, config: StudyConfig) -> dict[str, Any] | None:
