@@ -75,7 +75,7 @@ def demo_config(
     raster: str | os.PathLike[str],
     output: str | os.PathLike[str],
     config: str | os.PathLike[str] = TINY_CONFIG,
-    steps: int = 1500,
+    steps: int = 1200,
     max_minutes: float = 8.0,
     batch_size: int | None = None,
     seed: int = 0,
@@ -547,7 +547,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=str(TINY_CONFIG),
         help='LightningCLI config giving the model and data settings',
     )
-    parser.add_argument('--steps', type=int, default=1500, help='optimiser steps')
+    parser.add_argument('--steps', type=int, default=1200, help='optimiser steps')
     parser.add_argument(
         '--batch-size',
         type=int,
