@@ -452,8 +452,8 @@ def run_demo(
         verdict = (
             f'Training stopped at the time cap ({cap}, DD:HH:MM:SS) after '
             f'{trainer.global_step} of {planned} steps: the model is under-trained '
-            'and the figures show that (a slower or busier machine than the one the '
-            'defaults were measured on; raise --max-minutes or lower --steps).'
+            'and the figures show it (the machine was slower or busier than the '
+            'planned steps need; raise --max-minutes or lower --steps).'
         )
     else:
         verdict = f'Training {reason} after {trainer.global_step} of {planned} steps.'
