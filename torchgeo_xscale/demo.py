@@ -22,6 +22,7 @@ raster (``data.init_args.val_fraction`` of its longer axis), never trained on.
 
 import argparse
 import copy
+import importlib
 import json
 import logging
 import math
@@ -38,10 +39,24 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.loggers import Logger
 
+from .checkpoints import export_lightning_checkpoint
 from .config import TINY_CONFIG, link_img_size, read_config
 from .datamodules import GeoTIFFDataModule
+from .datasets.example_data import fetch_example_rasters
+from .evaluation.datasets import load_geotiff_tiles
+from .evaluation.encoders import FeatureEncoder
+from .evaluation.knn import embed_at_scale
+from .evaluation.retrieval import retrieval_scores, retrieval_topk
 from .io import atomic_path
+from .plotting import (
+    plot_loss_curves,
+    plot_reconstruction,
+    plot_retrieval,
+    read_metrics,
+    save_figure,
+)
 from .tasks import CrossScaleMAETask
+from .transforms import scale_to_ratio
 
 __all__ = (
     'RETRIEVAL_SCALE',
@@ -166,8 +181,6 @@ def instantiate(spec: dict[str, Any]) -> Any:
     Raises:
         ValueError: If *class_path* is not an importable ``module.Class``.
     """
-    import importlib
-
     path = spec.get('class_path', '')
     module, _, name = path.rpartition('.')
     try:
@@ -250,13 +263,6 @@ def _retrieval(
     seed: int,
 ) -> tuple[dict[str, Any], str]:
     """Cross-scale retrieval of the trained vs an untrained encoder; the figure."""
-    from .evaluation.datasets import load_geotiff_tiles
-    from .evaluation.encoders import FeatureEncoder
-    from .evaluation.knn import embed_at_scale
-    from .evaluation.retrieval import retrieval_scores, retrieval_topk
-    from .plotting import plot_retrieval, save_figure
-    from .transforms import scale_to_ratio
-
     data = config['data']['init_args']
     tile = datamodule.patch_size
     extra = {k: data[k] for k in ('bands', 'nodata', 'stats_cache') if k in data}
@@ -330,8 +336,6 @@ def _reconstruction(
     caption: str,
 ) -> str:
     """Figure of held-out tiles: both views, masked, reconstruction, prediction."""
-    from .plotting import plot_reconstruction, save_figure
-
     task.eval()
     datamodule.setup('validate')
     batch = next(iter(datamodule.val_dataloader()))
@@ -388,9 +392,6 @@ def run_demo(
     Returns:
         The summary (also written to ``summary.json`` and ``summary.md``).
     """
-    from .checkpoints import export_lightning_checkpoint
-    from .plotting import plot_loss_curves, read_metrics, save_figure
-
     start = time.perf_counter()
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -579,8 +580,6 @@ def main(argv: Sequence[str] = ()) -> int:
     Returns:
         Exit status 0.
     """
-    from .datasets.example_data import fetch_example_rasters
-
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     rasters = fetch_example_rasters(args.data)
