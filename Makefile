@@ -7,6 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make demo DEMO_ARGS="--steps 600 --max-minutes 5": options of `xscale demo`
+DEMO_ARGS ?=
 
 .PHONY: demo test lint docs install clean
 
@@ -20,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml requirements/constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/xscale demo --output outputs/demo
+	$(BIN)/xscale demo --output outputs/demo $(DEMO_ARGS)
 
 docs: $(STAMP)
 	bash docs/build.sh

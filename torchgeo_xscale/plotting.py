@@ -1,4 +1,4 @@
-"""Figures: reconstructions of both scale views and loss curves, saved atomically."""
+"""Figures: reconstructions of both scale views, retrieval, loss curves, saved atomically."""
 
 import csv
 import os
@@ -37,30 +37,64 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 100) -> st
     return path
 
 
-def to_display(image: Tensor) -> np.ndarray:
+def display_limits(image: Tensor) -> tuple[Tensor, Tensor]:
+    """The 2-98 % percentiles of each of the first three bands (or one).
+
+    Args:
+        image: ``(C, H, W)`` or ``(N, C, H, W)`` (percentiles over all images).
+
+    Returns:
+        ``lo`` and ``hi``, each ``(C', 1, 1)`` with ``C' = min(C, 3)``.
+    """
+    x = image.detach().float().cpu()
+    x = x.unsqueeze(0) if x.ndim == 3 else x
+    flat = x[:, :3].transpose(0, 1).reshape(min(x.shape[1], 3), -1)
+    lo = torch.quantile(flat, 0.02, dim=1).view(-1, 1, 1)
+    hi = torch.quantile(flat, 0.98, dim=1).view(-1, 1, 1)
+    return lo, hi
+
+
+def to_display(
+    image: Tensor, limits: tuple[Tensor, Tensor] | None = None
+) -> np.ndarray:
     """Turn a normalised ``(C, H, W)`` image into an RGB/grey array in [0, 1].
 
-    Uses the first three bands (or one), each stretched to its 2-98 % percentiles.
+    Uses the first three bands (or one), each stretched to *limits* (default: its
+    own 2-98 % percentiles, see :func:`display_limits`).
 
     Args:
         image: ``(C, H, W)``.
+        limits: ``(lo, hi)`` per band, to show several images on one stretch.
 
     Returns:
         ``(H, W, 3)`` or ``(H, W)`` float array.
     """
     x = image[:3].detach().float().cpu()
-    flat = x.reshape(x.shape[0], -1)
-    lo = torch.quantile(flat, 0.02, dim=1).view(-1, 1, 1)
-    hi = torch.quantile(flat, 0.98, dim=1).view(-1, 1, 1)
+    lo, hi = display_limits(x) if limits is None else limits
     x = ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
     arr = x.permute(1, 2, 0).numpy()
     return arr[..., 0] if arr.shape[-1] == 1 else arr
 
 
+def _unnormalise(target: Tensor, pred: Tensor, norm_pix: bool) -> Tensor:
+    """Predictions in image units: per-patch ``pred * std + mean`` of the target."""
+    if not norm_pix:
+        return pred
+    mean = target.mean(-1, keepdim=True)
+    std = (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    return pred * std + mean
+
+
 def reconstruct(
     views: Tensor, pred: Tensor, mask: Tensor, patch_size: int, norm_pix: bool = False
-) -> tuple[Tensor, Tensor]:
-    """Images of the masked input and of the reconstruction (visible patches pasted).
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Images of the masked input, the reconstruction and the prediction alone.
+
+    With *norm_pix* the model predicts each patch normalised by its own mean and
+    standard deviation (MAE's ``norm_pix_loss``); to show it in image units each
+    predicted patch is given the mean and std of the true patch, as MAE's
+    visualisation does: the colour and contrast of a masked patch then come from the
+    data, its structure from the model.
 
     Args:
         views: ``(B, V, C, H, W)``.
@@ -70,21 +104,25 @@ def reconstruct(
         norm_pix: Predictions are in per-patch normalised units.
 
     Returns:
-        ``masked`` and ``recon``, both ``(B, V, C, H, W)``.
+        ``masked`` (masked patches 0), ``recon`` (the prediction on the masked
+        patches, the input pasted on the visible ones) and ``prediction`` (the
+        prediction on every patch), each ``(B, V, C, H, W)``.
     """
     b, v, c, h, w = views.shape
     grid = (h // patch_size, w // patch_size)
     flat = views.reshape(b * v, c, h, w).float()
     target = patchify(flat, patch_size)
-    p = pred.reshape(b * v, *pred.shape[2:]).float()
-    if norm_pix:
-        mean = target.mean(-1, keepdim=True)
-        std = (target.var(-1, keepdim=True) + 1e-6).sqrt()
-        p = p * std + mean
+    p = _unnormalise(target, pred.reshape(b * v, *pred.shape[2:]).float(), norm_pix)
     m = mask.reshape(b * v, -1, 1).float()
     masked = unpatchify(target * (1 - m), patch_size, c, grid)
     recon = unpatchify(target * (1 - m) + p * m, patch_size, c, grid)
-    return masked.reshape(b, v, c, h, w), recon.reshape(b, v, c, h, w)
+    prediction = unpatchify(p, patch_size, c, grid)
+    shape = (b, v, c, h, w)
+    return masked.reshape(shape), recon.reshape(shape), prediction.reshape(shape)
+
+
+#: Grey level of masked patches in the ``masked`` panels.
+MASKED_GREY = 0.85
 
 
 def plot_reconstruction(
@@ -95,8 +133,15 @@ def plot_reconstruction(
     gsd: Tensor | None = None,
     norm_pix: bool = False,
     max_samples: int = 4,
+    title: str | None = None,
 ) -> Figure:
-    """Grid of input / masked / reconstruction for each view of a few samples.
+    """Input / masked / reconstruction / prediction for each view of a few samples.
+
+    The *reconstruction* panel pastes the visible input patches next to the
+    predicted masked ones (MAE's demo); the *prediction* panel shows the decoder's
+    output on every patch, visible ones included (only masked patches are trained).
+    The four panels of a view share the input's colour stretch; masked patches are
+    light grey in the masked panel. With *norm_pix* see :func:`reconstruct`.
 
     Args:
         views: ``(B, V, C, H, W)``.
@@ -106,28 +151,106 @@ def plot_reconstruction(
         gsd: Optional GSD per view ``(B, V)`` for the titles.
         norm_pix: Predictions are per-patch normalised.
         max_samples: Rows of samples shown.
+        title: Figure title.
 
     Returns:
         The figure.
     """
-    masked, recon = reconstruct(views, pred, mask, patch_size, norm_pix)
+    masked, recon, prediction = reconstruct(views, pred, mask, patch_size, norm_pix)
     b = min(views.shape[0], max_samples)
     v = views.shape[1]
-    fig, axes = plt.subplots(b, 3 * v, figsize=(2.2 * 3 * v, 2.2 * b), squeeze=False)
+    n = 4
+    fig, axes = plt.subplots(b, n * v, figsize=(1.9 * n * v, 1.9 * b), squeeze=False)
+    labels = ('masked', 'reconstruction', 'prediction')
+    if norm_pix:
+        labels = ('masked', 'reconstruction*', 'prediction*')
     for i in range(b):
         for j in range(v):
             name = 'full' if j == 0 else 'low'
-            title = f'{name} view'
+            label = f'{name} view'
             if gsd is not None:
-                title += f' {float(gsd[i, j]):.3g} m'
-            panels = (views[i, j], masked[i, j], recon[i, j])
-            labels = (title, 'masked', 'reconstruction')
-            for k, (img, label) in enumerate(zip(panels, labels)):
-                ax = axes[i, 3 * j + k]
-                ax.imshow(to_display(img), cmap='gray')
+                label += f' {float(gsd[i, j]):.3g} m'
+            limits = display_limits(views[i, j])
+            hidden = mask[i, j].detach().float().cpu()
+            side = views.shape[-1] // patch_size
+            hidden_px = (
+                hidden.view(-1, side)
+                .repeat_interleave(patch_size, 0)
+                .repeat_interleave(patch_size, 1)
+                .numpy()
+                > 0.5
+            )
+            panels = (views[i, j], masked[i, j], recon[i, j], prediction[i, j])
+            for k, (img, text) in enumerate(zip(panels, (label, *labels))):
+                arr = to_display(img, limits)
+                if k == 1:
+                    arr = arr.copy()
+                    arr[hidden_px] = MASKED_GREY
+                ax = axes[i, n * j + k]
+                ax.imshow(arr, cmap='gray', vmin=0, vmax=1)
                 ax.set_axis_off()
                 if i == 0 or k == 0:
-                    ax.set_title(label, fontsize=8)
+                    ax.set_title(text, fontsize=8)
+    if title or norm_pix:
+        note = (
+            '* norm_pix: each predicted patch shown with the mean and std of the true '
+            'patch (as MAE shows it)'
+            if norm_pix
+            else ''
+        )
+        fig.suptitle('\n'.join(t for t in (title, note) if t), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_retrieval(
+    queries: Tensor,
+    keys: Tensor,
+    ranked: Sequence[tuple[str, Tensor]],
+    rows: Sequence[int],
+    title: str = '',
+) -> Figure:
+    """Query tiles and the tiles each encoder retrieves for them, best first.
+
+    Args:
+        queries: Query images ``(N, C, H, W)`` as the encoders saw them.
+        keys: Key images ``(N, C, H, W)``; key i is query i's own tile.
+        ranked: ``(label, top_k)`` per encoder, *top_k* ``(N, k)`` key indices
+            by decreasing similarity (:func:`~torchgeo_xscale.evaluation.retrieval.retrieval_topk`).
+        rows: Indices of the queries shown.
+        title: Figure title.
+
+    Returns:
+        The figure; retrieved tiles that are the query's own tile have a green
+        frame, the others a thin red one.
+    """
+    k = max(int(top.shape[1]) for _, top in ranked)
+    cols = 1 + len(ranked) * k
+    fig, axes = plt.subplots(
+        len(rows), cols, figsize=(1.5 * cols, 1.6 * len(rows)), squeeze=False
+    )
+    limits = display_limits(keys)
+    for r, q in enumerate(rows):
+        ax = axes[r, 0]
+        ax.imshow(to_display(queries[q], limits))
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_ylabel(f'tile {q}', fontsize=8)
+        if r == 0:
+            ax.set_title('query', fontsize=8)
+        for e, (label, top) in enumerate(ranked):
+            for j in range(k):
+                ax = axes[r, 1 + e * k + j]
+                idx = int(top[q, j])
+                ax.imshow(to_display(keys[idx], limits))
+                ax.set_xticks([]), ax.set_yticks([])
+                hit = idx == q
+                for spine in ax.spines.values():
+                    spine.set_edgecolor('limegreen' if hit else 'red')
+                    spine.set_linewidth(3.5 if hit else 0.8)
+                if r == 0:
+                    ax.set_title(f'{label} #{j + 1}', fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 

