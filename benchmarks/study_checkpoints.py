@@ -8,8 +8,11 @@ retrieval and reconstruction protocol, and writes the same ``runs.csv``,
 ``retrieval.csv`` and ``reconstruction.csv`` (merge them with
 ``benchmarks/study_tables.py``)::
 
-    python benchmarks/study_checkpoints.py outputs/study_core --output outputs/ckpt_core \\
-        --skip cross_scale_mae_seed0
+    python benchmarks/study_checkpoints.py outputs/study_core outputs/study_core_s1 \\
+        --output outputs/ckpt --runs xscale_paper_seed1 mae_seed2 --until 14:30
+
+(``--runs``: the runs to evaluate, waited for until ``--until`` (UTC) as they
+finish; without it, every finished run of the folders.)
 
 Training minutes are not in a checkpoint; ``runs.csv`` has NaN there, and the last
 epoch's losses and collapse signal from the run's ``metrics.csv``.
@@ -21,6 +24,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from lightning.pytorch import seed_everything
@@ -55,7 +59,15 @@ def last_epoch(metrics: Path) -> dict[str, float]:
 def main() -> int:
     """Evaluate every finished run of a study folder."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('study', help='output folder of the study')
+    p.add_argument('study', nargs='+', help='output folders of the study')
+    p.add_argument('--runs', nargs='*', help='runs (<method>_seed<N>) to evaluate')
+    p.add_argument('--until', help='UTC HH:MM after which to stop waiting')
+    p.add_argument(
+        '--pooled-only',
+        action='store_true',
+        help='retrieval over the pooled tiles only (not also within each raster)',
+    )
+    p.add_argument('--no-reconstruction', action='store_true', help='retrieval only')
     p.add_argument('--output', required=True)
     p.add_argument('--skip', nargs='*', default=[], help='run folders to leave out')
     p.add_argument('--data', default='data/study')
@@ -76,10 +88,31 @@ def main() -> int:
     pooled = _pool(tiles)
     runs, retrieval, recon = [], [], []
     by_seed: dict[int, list[tuple[str, object]]] = {}
-    for ckpt in sorted(Path(args.study, 'runs').glob('*_seed*/last.ckpt')):
-        name = ckpt.parent.name
-        if name in args.skip:
+
+    def find(name: str) -> Path | None:
+        for folder in args.study:
+            path = Path(folder, 'runs', name, 'last.ckpt')
+            if path.exists():
+                return path
+        return None
+
+    names = args.runs or sorted(
+        {c.parent.name for f in args.study for c in Path(f, 'runs').glob('*/last.ckpt')}
+    )
+    pending = [n for n in names if n not in args.skip]
+    while pending:
+        ready = [n for n in pending if find(n)]
+        if not ready:
+            if args.until and time.strftime('%H:%M', time.gmtime()) >= args.until:
+                logging.info('not finished by %s: %s', args.until, pending)
+                break
+            time.sleep(20)
             continue
+        name = ready[0]
+        pending.remove(name)
+        ckpt = find(name)
+        assert ckpt is not None
+        time.sleep(5)  # the checkpoint is written atomically; metrics.csv after it
         method, seed_text = name.rsplit('_seed', 1)
         seed = int(seed_text)
         cls = MAE if method == 'torchgeo_mae' else CrossScaleMAETask
@@ -104,11 +137,19 @@ def main() -> int:
             }
         )
         retrieval += _retrieval_rows(
-            _encoder(method, task), pooled, tiles, config.scales, seed=seed
+            _encoder(method, task),
+            pooled,
+            {} if args.pooled_only else tiles,
+            config.scales,
+            seed=seed,
         )
         by_seed.setdefault(seed, []).append((method, task))
-        logging.info('%s: evaluated', name)
+        write_csv(runs, os.path.join(args.output, 'runs.csv'))
+        write_csv(retrieval, os.path.join(args.output, 'retrieval.csv'))
+        logging.info('%s: evaluated (%s)', name, time.strftime('%H:%M:%S'))
     for seed, tasks in by_seed.items():
+        if args.no_reconstruction:
+            break
         seed_everything(seed)
         untrained = _encoder('cross_scale_mae', build_task('cross_scale_mae', config))
         untrained.name = 'random_init'

@@ -22,7 +22,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from torchgeo_xscale.tasks.pretrain import COLLAPSE_FLOOR
+#: ``torchgeo_xscale.tasks.pretrain.COLLAPSE_FLOOR`` (not imported: this script needs no torch)
+COLLAPSE_FLOOR = 0.2
 
 
 def read(path: str) -> list[dict[str, Any]]:
@@ -68,9 +69,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def min_cp_std(folder: str, method: str, seed: int) -> float:
+def min_cp_std(run: dict[str, Any]) -> float:
     """Lowest epoch mean of ``train_cp_target_std`` after epoch 0 (NaN if none)."""
-    path = os.path.join(folder, 'runs', f'{method}_seed{seed}', 'metrics.csv')
+    path = os.path.join(os.path.dirname(str(run['checkpoint'])), 'metrics.csv')
     values = [
         r['train_cp_target_std_epoch']
         for r in read(path)
@@ -218,16 +219,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for m in dict.fromkeys(r['method'] for r in runs):
         mine = [r for r in runs if r['method'] == m]
-        lows = [
-            min_cp_std(origin[(m, int(r['seed']))], m, int(r['seed'])) for r in mine
-        ]
+        lows = [min_cp_std(r) for r in mine]
         lows = [v for v in lows if not math.isnan(v)]
         rows.append(
             {
                 'method': m,
                 'seeds': len(mine),
                 'tiles seen': int(mine[0]['tiles_seen']),
-                'minutes per run': stats([r['minutes'] for r in mine], 2),
+                'minutes per run': stats(
+                    [r['minutes'] for r in mine if not math.isnan(r['minutes'])], 2
+                ),
                 'final L_cp': stats(
                     [
                         r['final_loss_cp']
