@@ -91,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     untrained: dict[int, str] = {}  # seed -> the folder its random_init comes from
     for folder in args.folders:
         for r in read(os.path.join(folder, 'runs.csv')):
+            if (r['method'], int(r['seed'])) in origin:
+                continue  # a run evaluated twice: the first folder's
             origin[(r['method'], int(r['seed']))] = folder
             runs.append(r)
         for r in read(os.path.join(folder, 'retrieval.csv')):
@@ -142,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
         )
     )
-    print('## Retrieval top-1 per seed (seed 0 / 1 / 2 ...)\n')
+    print('## Retrieval top-1 per seed (sN: seed N)\n')
     print(
         table(
             [
@@ -150,7 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     'method': m,
                     **{
                         f'@{100 * s:g}%': ' / '.join(
-                            f'{v:.3f}' for v in values(m, s, 'top1')
+                            f's{sd} {at[(m, sd, s)]["top1"]:.3f}'
+                            for sd in seeds
+                            if (m, sd, s) in at
                         )
                         for s in scales
                         if s < 1
