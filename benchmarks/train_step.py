@@ -108,6 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="part 1 at the chosen decoder only (not also at the paper's 512 x 8)",
     )
     p.add_argument(
+        '--threads',
+        type=int,
+        default=0,
+        help='torch CPU threads (0: torch default); 1 on a shared machine',
+    )
+    p.add_argument(
         '--skip', nargs='*', default=[], choices=['peer', 'flops', 'backends', 'data']
     )
     return p.parse_args(argv)
@@ -603,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
             else contextlib.nullcontext()
         )
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f'# train_step benchmark, {datetime.date.today()}, {machine(device)}')
     print(

@@ -716,6 +716,42 @@ def _load() -> str:
         return 'n/a'
 
 
+def _write_outputs(
+    config: StudyConfig,
+    runs: list[dict[str, Any]],
+    retrieval: list[dict[str, Any]],
+    recon: list[dict[str, Any]],
+    command: str,
+    tiles: dict[str, TileSet],
+    timing: dict[str, Any],
+) -> str:
+    """Write the CSVs, figures and summary of the seeds done so far; return its path."""
+    from ..plotting import save_figure
+
+    write_csv(runs, os.path.join(config.output, 'runs.csv'))
+    write_csv(retrieval, os.path.join(config.output, 'retrieval.csv'))
+    write_csv(recon, os.path.join(config.output, 'reconstruction.csv'))
+    pooled_rows = [r for r in retrieval if r['raster'] == 'all']
+    ret = aggregate(pooled_rows, ('model', 'scale'), ('top1',))
+    save_figure(
+        plot_vs_scale(
+            ret,
+            'top1',
+            ylabel='retrieval top-1 (held-out tiles)',
+            title='Cross-scale retrieval, equal budget',
+        ),
+        os.path.join(config.output, 'eval_study_retrieval.png'),
+    )
+    rec = aggregate(recon, ('model', 'scale'), ('ssim',))
+    save_figure(
+        plot_vs_scale(
+            rec, 'ssim', ylabel='SSIM', title='Multi-scale reconstruction, equal budget'
+        ),
+        os.path.join(config.output, 'eval_study_ssim.png'),
+    )
+    return _write_summary(config, runs, retrieval, recon, command, tiles, timing)
+
+
 def run_study(config: StudyConfig | None = None, command: str = '') -> dict[str, Any]:
     """Run the equal-budget study and write its tables and figures.
 
@@ -794,33 +830,13 @@ def run_study(config: StudyConfig | None = None, command: str = '') -> dict[str,
                 plot_reconstruction_scales(examples),
                 os.path.join(config.output, 'eval_study_reconstruction_grid.png'),
             )
-    write_csv(runs, os.path.join(config.output, 'runs.csv'))
-    write_csv(retrieval, os.path.join(config.output, 'retrieval.csv'))
-    write_csv(recon, os.path.join(config.output, 'reconstruction.csv'))
-    pooled_rows = [r for r in retrieval if r['raster'] == 'all']
-    ret = aggregate(pooled_rows, ('model', 'scale'), ('top1',))
-    save_figure(
-        plot_vs_scale(
-            ret,
-            'top1',
-            ylabel='retrieval top-1 (held-out tiles)',
-            title='Cross-scale retrieval, equal budget',
-        ),
-        os.path.join(config.output, 'eval_study_retrieval.png'),
-    )
-    rec = aggregate(recon, ('model', 'scale'), ('ssim',))
-    save_figure(
-        plot_vs_scale(
-            rec, 'ssim', ylabel='SSIM', title='Multi-scale reconstruction, equal budget'
-        ),
-        os.path.join(config.output, 'eval_study_ssim.png'),
-    )
-    timing = {
-        'minutes': (time.perf_counter() - started) / 60,
-        'load_start': load_start,
-        'load_end': _load(),
-    }
-    summary = _write_summary(config, runs, retrieval, recon, command, tiles, timing)
+        # after every seed, so that an interrupted study keeps the seeds it finished
+        timing = {
+            'minutes': (time.perf_counter() - started) / 60,
+            'load_start': load_start,
+            'load_end': _load(),
+        }
+        summary = _write_outputs(config, runs, retrieval, recon, command, tiles, timing)
     return {
         'runs': runs,
         'retrieval': retrieval,
