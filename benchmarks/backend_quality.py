@@ -26,14 +26,17 @@ import warnings
 import lightning
 import torch
 
+from torchgeo_xscale.config import ARCHITECTURE_KEYS, TINY_CONFIG, load_model_args
 from torchgeo_xscale.datamodules import GeoTIFFDataModule
-from torchgeo_xscale.demo import DEMO_MODEL
 from torchgeo_xscale.evaluation.datasets import load_geotiff_tiles
 from torchgeo_xscale.evaluation.reconstruction import (
     MAEReconstructor,
     evaluate_reconstruction,
 )
 from torchgeo_xscale.tasks import CrossScaleMAETask
+
+#: The demo's architecture (configs/pretrain/xscale_tiny_geotiff.yaml).
+DEMO_MODEL = load_model_args(TINY_CONFIG, ARCHITECTURE_KEYS)
 
 SCALES = (0.25, 0.5, 1.0)
 

@@ -23,8 +23,8 @@ import sys
 import time
 from typing import Any
 
+from torchgeo_xscale.config import ARCHITECTURE_KEYS, TINY_CONFIG, load_model_args
 from torchgeo_xscale.datasets.example_data import fetch_example_rasters
-from torchgeo_xscale.demo import DEMO_MODEL
 from torchgeo_xscale.evaluation.datasets import load_geotiff_tiles
 from torchgeo_xscale.evaluation.encoders import FeatureEncoder
 from torchgeo_xscale.evaluation.reconstruction import (
@@ -35,6 +35,9 @@ from torchgeo_xscale.evaluation.report import aggregate, markdown_table, write_c
 from torchgeo_xscale.evaluation.retrieval import evaluate_retrieval
 from torchgeo_xscale.io import atomic_path
 from torchgeo_xscale.study import StudyConfig, pretrain
+
+#: The demo's architecture (configs/pretrain/xscale_tiny_geotiff.yaml).
+DEMO_MODEL = load_model_args(TINY_CONFIG, ARCHITECTURE_KEYS)
 
 #: name -> (mask_strategy, mask_options, view_masks)
 VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {

@@ -18,7 +18,7 @@ own plotting (:mod:`torchgeo_xscale.plotting`), into ``docs/figures/``:
   all three, and their reconstructions.
 
 The model is the demo's checkpoint ``outputs/demo/checkpoints/last.ckpt`` when
-``make demo`` has run; else the demo's small ViT (``DEMO_MODEL``) is trained here for
+``make demo`` has run; else the demo's small ViT (the tiny config's, ``DEMO_MODEL``) is trained here for
 ``--max-steps`` steps or ``--minutes``, whichever comes first, at a higher learning
 rate than the demo's (``--base-lr``, per 256 samples) so that a few minutes show
 something. The source used is printed and written to ``<work>/figures.json``.
@@ -43,9 +43,9 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image as PILImage
 
+from torchgeo_xscale.config import ARCHITECTURE_KEYS, TINY_CONFIG, load_model_args
 from torchgeo_xscale.datamodules import GeoTIFFDataModule
 from torchgeo_xscale.datasets import fetch_example_rasters
-from torchgeo_xscale.demo import DEMO_MODEL
 from torchgeo_xscale.io import atomic_path
 from torchgeo_xscale.masks import MaskInfo
 from torchgeo_xscale.models import CrossScaleMAE
@@ -68,6 +68,9 @@ LOSS_KEYS = (
     'train_loss_cc_step',
     'train_loss_cp_step',
 )
+
+#: The demo's architecture (configs/pretrain/xscale_tiny_geotiff.yaml).
+DEMO_MODEL = load_model_args(TINY_CONFIG, ARCHITECTURE_KEYS)
 
 
 def save_small(fig: plt.Figure, path: Path, dpi: int = 72) -> str:
