@@ -726,8 +726,6 @@ def _write_outputs(
     timing: dict[str, Any],
 ) -> str:
     """Write the CSVs, figures and summary of the seeds done so far; return its path."""
-    from ..plotting import save_figure
-
     write_csv(runs, os.path.join(config.output, 'runs.csv'))
     write_csv(retrieval, os.path.join(config.output, 'retrieval.csv'))
     write_csv(recon, os.path.join(config.output, 'reconstruction.csv'))
