@@ -36,6 +36,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
+from .datasets.rasters import RasterInputError, validate_rasters
 from .inference import (
     BLOCK_SIZE,
     Model,
@@ -113,8 +114,6 @@ def raster_gsd(path: str | os.PathLike[str]) -> float | None:
         Metres per pixel at the raster's centre, or None if it has no CRS (or one
         without a ground unit).
     """
-    from .datasets.rasters import RasterInputError, validate_rasters
-
     with rasterio.open(path) as src:
         if src.crs is None:
             return None

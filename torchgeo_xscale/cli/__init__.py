@@ -76,6 +76,8 @@ def main_parser() -> argparse.ArgumentParser:
     Returns:
         A parser listing every subcommand (it does not parse their arguments).
     """
+    # deferred: `xscale --help` imports every command module, so each
+    # command imports what it runs only when it runs
     import torchgeo_xscale
 
     parser = argparse.ArgumentParser(
@@ -117,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args else 2
     if not args[0].startswith('-') and args[0] not in XScaleCLI.subcommands():
         main_parser().parse_args(args[:1])  # exits: invalid choice, listing them
+    # deferred: `xscale --help` imports every command module, so each
+    # command imports what it runs only when it runs
     from .lightning import main as lightning_main
 
     return lightning_main(args)

@@ -73,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         Exit status 0.
     """
+    # deferred: `xscale --help` imports every command module, so each
+    # command imports what it runs only when it runs
     from ..demo import run
 
     args = demo_parser().parse_args(list(sys.argv[2:] if argv is None else argv))

@@ -191,6 +191,8 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def _print_rows(rows: list[dict[str, Any]], output: str) -> None:
+    # deferred: `xscale --help` imports every command module, so each
+    # command imports what it runs only when it runs
     from ..evaluation.report import markdown_table
 
     print(markdown_table(rows))
@@ -218,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, command: str) -> list[dict[str, Any]]:
     """Run the chosen protocol; its result rows."""
     if args.protocol in ('knn', 'linear') and args.protocol_name == 'scale-transfer':
+        # deferred: `xscale --help` imports every command module, so each
+        # command imports what it runs only when it runs
         from ..evaluation.scale_transfer import run_scale_transfer
 
         rows = run_scale_transfer(
@@ -264,16 +268,22 @@ def _run(args: argparse.Namespace, command: str) -> list[dict[str, Any]]:
             command=command,
         )
         if args.protocol == 'knn':
+            # deferred: `xscale --help` imports every command module, so each
+            # command imports what it runs only when it runs
             from ..evaluation.knn import run_knn
 
             rows = run_knn(k=args.k, temperature=args.temperature, **common)
         else:
+            # deferred: `xscale --help` imports every command module, so each
+            # command imports what it runs only when it runs
             from ..evaluation.linear_probe import run_linear_probe
 
             rows = run_linear_probe(
                 epochs=args.epochs, lr=args.lr, seed=args.seed, **common
             )
     elif args.protocol == 'reconstruction':
+        # deferred: `xscale --help` imports every command module, so each
+        # command imports what it runs only when it runs
         from ..evaluation.reconstruction import run_reconstruction
 
         rows = run_reconstruction(
@@ -294,6 +304,8 @@ def _run(args: argparse.Namespace, command: str) -> list[dict[str, Any]]:
             command=command,
         )
     else:
+        # deferred: `xscale --help` imports every command module, so each
+        # command imports what it runs only when it runs
         from ..evaluation.retrieval import run_retrieval
 
         rows = run_retrieval(

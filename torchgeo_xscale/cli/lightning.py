@@ -31,6 +31,8 @@ def _refuse_renamed(config: Any) -> None:
     Raises:
         ConfigError: Naming the new key and the value to give it.
     """
+    # deferred: `xscale --help` imports every command module, so each
+    # command imports what it runs only when it runs
     from ..tasks.pretrain import IN_CHANS_RENAMED
 
     model = config.get('model') if isinstance(config, Namespace) else None
@@ -62,6 +64,8 @@ class XScaleCLI(LightningCLI):
         Raises:
             CheckpointMismatchError: If the checkpoint contradicts the command line.
         """
+        # deferred: `xscale --help` imports every command module, so each
+        # command imports what it runs only when it runs
         from ..tasks.checkpoint import check_resume
 
         # As LightningCLI.parse_arguments, without its warning about ``args`` given
@@ -146,6 +150,8 @@ def lightning_cli(args: ArgsType = None, run: bool = True) -> LightningCLI:
     from torchgeo.datamodules import BaseDataModule
     from torchgeo.tasks import BaseTask
 
+    # deferred: `xscale --help` imports every command module, so each
+    # command imports what it runs only when it runs
     import torchgeo_xscale.datamodules
     import torchgeo_xscale.tasks
 
@@ -176,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         Exit status: 0, or 2 when ``--ckpt_path`` contradicts the command line or
         the config uses a renamed argument (one line on stderr).
     """
+    # deferred: `xscale --help` imports every command module, so each
+    # command imports what it runs only when it runs
     from ..tasks.checkpoint import CheckpointMismatchError
 
     try:

@@ -142,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not 0 < scale <= 1:
             parser.error(f'--scales {scale}: expected 0 < scale <= 1')
 
+    # deferred: `xscale --help` imports every command module, so each
+    # command imports what it runs only when it runs
     from .lightning import lightning_cli
 
     rows: list[dict[str, Any]] = []

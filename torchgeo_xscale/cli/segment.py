@@ -28,6 +28,8 @@ def _load_task(checkpoint: str, device: torch.device) -> Any:
             :class:`~torchgeo_xscale.tasks.segmentation.XScaleSegmentationTask`
             (e.g. a pretraining checkpoint), naming what it is.
     """
+    # deferred: `xscale --help` imports every command module, so each
+    # command imports what it runs only when it runs
     from ..tasks import CrossScaleMAETask
     from ..tasks.checkpoint import load_checkpoint, same_class, task_class_path
     from ..tasks.segmentation import XScaleSegmentationTask
@@ -177,8 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = segment_parser()
     args = parser.parse_args(list(sys.argv[2:] if argv is None else argv))
 
+    # deferred: `xscale --help` imports every command module, so each
+    # command imports what it runs only when it runs
     import rasterio
 
+    # deferred: `xscale --help` imports every command module, so each
+    # command imports what it runs only when it runs
     from ..segment_gsd import parse_gsd, plan_gsd, segment_at_gsd
 
     try:

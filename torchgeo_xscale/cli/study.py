@@ -23,6 +23,8 @@ def study_parser() -> argparse.ArgumentParser:
     Returns:
         The parser.
     """
+    # deferred: `xscale --help` imports every command module, so each
+    # command imports what it runs only when it runs
     from ..study import ABLATIONS, METHODS, StudyConfig
 
     d = StudyConfig()
@@ -89,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         Exit status 0.
     """
+    # deferred: `xscale --help` imports every command module, so each
+    # command imports what it runs only when it runs
     from ..study import StudyConfig, run_study
 
     argv = list(sys.argv[2:] if argv is None else argv)
