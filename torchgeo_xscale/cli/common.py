@@ -6,6 +6,7 @@ Every argparse subcommand builds its parser with :func:`command_parser`, so that
 
 import argparse
 import copy
+import json
 import shlex
 from collections.abc import Sequence
 
@@ -70,6 +71,30 @@ def add_quiet(parser: argparse.ArgumentParser, what: str = 'no progress bars') -
         what: Help text.
     """
     parser.add_argument('--quiet', action='store_true', help=what)
+
+
+def add_encoder_options(
+    parser: argparse.ArgumentParser, pooled: str = 'feature'
+) -> None:
+    """Add ``--pool`` and ``--model-kwargs``, shared by the commands that embed tiles.
+
+    Args:
+        parser: The command's parser.
+        pooled: What the pooled vector is called in the help (``feature``,
+            ``embedding``).
+    """
+    parser.add_argument(
+        '--pool',
+        choices=('mean', 'cls'),
+        default='mean',
+        help=f'{pooled}: mean of patch tokens or CLS',
+    )
+    parser.add_argument(
+        '--model-kwargs',
+        type=json.loads,
+        default=None,
+        help='JSON of extra builder arguments, e.g. \'{"img_size": 128}\'',
+    )
 
 
 def command_line(prog: str, argv: Sequence[str]) -> str:

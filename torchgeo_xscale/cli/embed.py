@@ -9,12 +9,11 @@ A thin command over :func:`torchgeo_xscale.embed.embed_geotiffs`. Examples::
 """
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
 
-from .common import add_quiet, command_parser
+from .common import add_encoder_options, add_quiet, command_parser
 
 __all__ = ('embed_parser', 'main')
 
@@ -99,18 +98,7 @@ def embed_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--std', type=float, nargs='+', default=None, help='per-band std (with --mean)'
     )
-    parser.add_argument(
-        '--pool',
-        choices=('mean', 'cls'),
-        default='mean',
-        help='embedding: mean of patch tokens or CLS',
-    )
-    parser.add_argument(
-        '--model-kwargs',
-        type=json.loads,
-        default=None,
-        help='JSON of extra builder arguments, e.g. \'{"img_size": 128}\'',
-    )
+    add_encoder_options(parser, 'embedding')
     parser.add_argument(
         '--timestamp',
         default=None,

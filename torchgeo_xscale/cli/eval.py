@@ -12,7 +12,6 @@ stderr (``--quiet``: none). Examples::
 """
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -21,7 +20,13 @@ from typing import Any
 from .. import progress
 from ..evaluation.datasets import CLASSIFICATION_DATASETS
 from ..evaluation.knn import DEFAULT_SCALES
-from .common import HelpFormatter, add_quiet, command_line, command_parser
+from .common import (
+    HelpFormatter,
+    add_encoder_options,
+    add_quiet,
+    command_line,
+    command_parser,
+)
 
 __all__ = ('eval_parser', 'main')
 
@@ -35,18 +40,7 @@ def _encoder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--weights', default=None, help="weights entry name, weights file, or 'timm'"
     )
-    parser.add_argument(
-        '--pool',
-        choices=('mean', 'cls'),
-        default='mean',
-        help='feature: mean of patch tokens or CLS',
-    )
-    parser.add_argument(
-        '--model-kwargs',
-        type=json.loads,
-        default=None,
-        help='JSON of extra builder arguments, e.g. \'{"img_size": 128}\'',
-    )
+    add_encoder_options(parser)
 
 
 def _common_args(parser: argparse.ArgumentParser, name: str) -> None:
