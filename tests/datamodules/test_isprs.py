@@ -124,3 +124,27 @@ def test_batch_size_one_is_a_clear_error(vaihingen: Path, tmp_path: Path) -> Non
             },
             0,
         )
+
+
+@pytest.mark.parametrize(
+    ('make', 'module', 'extracted'),
+    [
+        (make_potsdam, ScaledPotsdam2DDataModule, '4_Ortho_RGBIR'),
+        (make_vaihingen, ScaledVaihingen2DDataModule, 'top'),
+    ],
+)
+def test_prepare_data_extracts_the_archives_once(
+    make: Any, module: Any, extracted: str, tmp_path: Path
+) -> None:
+    """The archives are extracted in prepare_data (local rank 0, behind Lightning's
+    barrier), so setup on every process finds the files and extracts nothing."""
+    root = make(tmp_path / 'data')
+    dm = module(root=str(root), batch_size=2, patch_size=64, val_split_pct=0.5)
+    assert not (root / extracted).exists()
+    dm.prepare_data()
+    assert (root / extracted).is_dir()
+    stamps = {p: p.stat().st_mtime_ns for p in (root / extracted).rglob('*.tif')}
+    assert stamps
+    dm.setup('fit')
+    assert len(dm.train_dataset) > 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # not re-extracted

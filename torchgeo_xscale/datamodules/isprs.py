@@ -161,6 +161,17 @@ class _ScaleProtocol(NonGeoDataModule):
             )
             self.val_batch_size = self.test_batch_size = self.predict_batch_size = 1
 
+    def prepare_data(self) -> None:
+        """Verify the dataset and extract its archives, once per node.
+
+        TorchGeo's ISPRS datasets extract their zip archives when first constructed;
+        Lightning calls this hook on local rank 0 only, behind a barrier, so processes
+        of a multi-process run do not extract the same archives concurrently (which
+        fails with ``FileExistsError``) before each constructs the dataset in
+        :meth:`setup`.
+        """
+        self.dataset_class(split='train', **self.kwargs)
+
     def setup(self, stage: str) -> None:
         """Set up datasets; training reads random window crops.
 
