@@ -170,7 +170,7 @@ class _ScaleProtocol(NonGeoDataModule):
         fails with ``FileExistsError``) before each constructs the dataset in
         :meth:`setup`.
         """
-        self.dataset_class(split='train', **self.kwargs)
+        self.dataset_class(split='train', **self.kwargs)  # type: ignore[call-arg]
 
     def setup(self, stage: str) -> None:
         """Set up datasets; training reads random window crops.
