@@ -76,7 +76,9 @@ def refuse_renamed(
         raise ValueError(renamed_message(old, value, section, note))
 
 
-def renamed_overrides(stored: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def renamed_overrides(
+    stored: Mapping[str, Any], given: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], list[str]]:
     """Arguments that read the old names of saved arguments as the new names.
 
     An old name is read as the new one when it holds a value and the new name holds
@@ -84,17 +86,23 @@ def renamed_overrides(stored: Mapping[str, Any]) -> tuple[dict[str, Any], list[s
 
     Args:
         stored: Saved arguments (a checkpoint's hyper-parameters).
+        given: Arguments given explicitly, which win: a saved old name whose new
+            name is given is only cleared.
 
     Returns:
         ``{old: None, new: value}`` for each such argument (to override the saved
-        ones), and one line per argument saying so (for a warning).
+        ones), and one line per argument read so (for a warning).
     """
+    given = given or {}
     overrides: dict[str, Any] = {}
     notes = []
     for old, new in RENAMED_ARGS.items():
         value = stored.get(old)
-        if value is not None and stored.get(new) is None:
-            overrides.update({old: None, new: value})
+        if value is None or stored.get(new) is not None or old in given:
+            continue
+        overrides[old] = None
+        if new not in given:
+            overrides[new] = value
             notes.append(
                 f'stores {old}={value!r} (written before {old} was renamed {new}); '
                 f'read as {new}={value!r}'

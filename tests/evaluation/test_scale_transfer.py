@@ -89,5 +89,5 @@ def test_bad_levels_and_datasets_fail_clearly(root: Path) -> None:
         ValueError, match=r'gives 3 bands; the encoder expects 4 \(in_channels\)'
     ):
         prepare_level_splits('rsscn7', root, 32, in_channels=4)
-    with pytest.raises(ValueError, match='^in_chans was renamed in_channels'):
+    with pytest.raises(ValueError, match=r'^in_chans was renamed in_channels'):
         prepare_level_splits('rsscn7', root, 32, in_chans=3)

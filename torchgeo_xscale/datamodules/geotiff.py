@@ -42,13 +42,13 @@ from ..datasets.stats import (
     band_stats,
     combine_band_stats,
 )
+from ..renames import refuse_renamed, renamed_overrides
 from ..samplers import (
     ExactPatchSampler,
     GroupedPatchSampler,
     ResumableDataLoader,
     grid_tiles,
 )
-from ..renames import refuse_renamed, renamed_overrides
 from .pretraining import PretrainDataModuleMixin
 
 __all__ = ('GeoTIFFDataModule',)
@@ -264,10 +264,12 @@ class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
             if isinstance(checkpoint_path, io.BytesIO):
                 checkpoint_path.seek(0)
             stored = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}
-            overrides, notes = renamed_overrides(stored)
+            overrides, notes = renamed_overrides(stored, kwargs)
             kwargs = {**overrides, **kwargs}
             for note in notes:
-                rank_zero_warn(f'{cls.__name__}.load_from_checkpoint: the checkpoint {note}')
+                rank_zero_warn(
+                    f'{cls.__name__}.load_from_checkpoint: the checkpoint {note}'
+                )
         return super().load_from_checkpoint(
             checkpoint_path, map_location, hparams_file, weights_only, **kwargs
         )
