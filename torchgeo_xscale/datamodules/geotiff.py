@@ -257,7 +257,7 @@ class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
         """
         if not isinstance(checkpoint_path, str | Path):  # read once, here and below
             checkpoint_path = io.BytesIO(checkpoint_path.read())
-        if hparams_file is None:
+        if hparams_file is None:  # Lightning's reader, as its load_from_checkpoint
             checkpoint = pl_load(
                 checkpoint_path, map_location='cpu', weights_only=weights_only
             )
