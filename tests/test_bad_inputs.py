@@ -85,9 +85,9 @@ def test_band_count_mismatch_between_files(make_geotiff, tmp_path) -> None:
     assert_names(err, 'b.tif')
 
 
-def test_in_chans_mismatch(utm_raster, tmp_path) -> None:
-    with pytest.raises(RasterInputError, match='in_chans=4') as err:
-        dataset(utm_raster, tmp_path, in_chans=4)
+def test_in_channels_mismatch(utm_raster, tmp_path) -> None:
+    with pytest.raises(RasterInputError, match='expected in_channels=4') as err:
+        dataset(utm_raster, tmp_path, in_channels=4)
     assert_names(err, 'utm.tif')
 
 
@@ -123,9 +123,9 @@ def test_raster_smaller_than_patch(make_geotiff, tmp_path) -> None:
     assert_names(err, 'tiny.tif (24x40 px)')
 
 
-def test_datamodule_in_chans_mismatch(utm_raster, tmp_path) -> None:
-    with pytest.raises(RasterInputError, match='in_chans=1') as err:
-        datamodule(utm_raster, tmp_path, in_chans=1).setup('fit')
+def test_datamodule_in_channels_mismatch(utm_raster, tmp_path) -> None:
+    with pytest.raises(RasterInputError, match='expected in_channels=1') as err:
+        datamodule(utm_raster, tmp_path, in_channels=1).setup('fit')
     assert_names(err, 'utm.tif')
 
 

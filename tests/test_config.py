@@ -71,7 +71,7 @@ def test_default_paths_into_the_demo_data_have_the_models_bands(
     inside = [p for p in paths if Path(p).parts[:2] == ('data', 'example')]
     if not inside:
         pytest.skip(f'{path.name} does not default to data/example')
-    bands = config['model']['init_args'].get('in_chans', 3)
+    bands = config['model']['init_args'].get('in_channels', 3)
     for p in inside:
         local = example_rgb.parent.joinpath(*Path(p).parts[2:])
         files = sorted(local.glob('*.tif')) if local.is_dir() else [local]

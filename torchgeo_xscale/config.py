@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from .renames import RENAMED_ARGS, renamed_message
+
 __all__ = (
     'ARCHITECTURE_KEYS',
     'CONFIG_DIR',
@@ -40,8 +42,7 @@ ARCHITECTURE_KEYS = (
     'size',
     'img_size',
     'patch_size',
-    'in_chans',
-    'in_channels',  # the band count's TorchGeo name (issue 20c)
+    'in_channels',  # the band count (TorchGeo's name, see torchgeo_xscale.renames)
     'embed_dim',
     'depth',
     'num_heads',
@@ -67,7 +68,9 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         FileNotFoundError: If *path* does not exist (the ``configs/`` folder ships
             with the source checkout, not with a wheel).
-        ValueError: If the file is not a mapping with ``model.init_args``.
+        ValueError: If the file is not a mapping with ``model.init_args``, or uses
+            a renamed argument (``in_chans`` in ``model.init_args`` or
+            ``data.init_args``; :mod:`torchgeo_xscale.renames`).
     """
     path = Path(path)
     if not path.is_file():
@@ -84,6 +87,15 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             'config (model: {class_path: ..., init_args: {...}})'
         )
         raise ValueError(msg)
+    for section in ('model', 'data'):
+        spec = config.get(section)
+        args = spec.get('init_args') if isinstance(spec, dict) else None
+        for old in RENAMED_ARGS:
+            value = args.get(old) if isinstance(args, dict) else None
+            if value is not None:
+                raise ValueError(
+                    f'config {path}: {renamed_message(old, value, section)}'
+                )
     return config
 
 

@@ -263,7 +263,7 @@ def datamodule(paths, tmp_path, **kwargs) -> GeoTIFFDataModule:
 def test_datamodule_end_to_end(request, tmp_path, fixture) -> None:
     path = request.getfixturevalue(fixture)
     bands = 4 if fixture == 'four_band_raster' else 3
-    dm = datamodule(path, tmp_path, in_chans=bands, length=8)
+    dm = datamodule(path, tmp_path, in_channels=bands, length=8)
     dm.setup('fit')
     loader = dm.train_dataloader()
     assert loader.pin_memory == torch.cuda.is_available()  # pinned only for a GPU

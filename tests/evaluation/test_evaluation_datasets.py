@@ -111,7 +111,7 @@ def test_torchgeo_datasets_in_their_layouts(tmp_path) -> None:
     )
     assert len(uc) == 3 and uc[0]['image'].shape == (3, 32, 32)
     euro = build_classification_dataset(
-        'eurosat', fake_eurosat(tmp_path / 'e'), 'train', 32, in_chans=3
+        'eurosat', fake_eurosat(tmp_path / 'e'), 'train', 32, in_channels=3
     )
     assert len(euro) == 3 and euro[0]['image'].shape == (3, 32, 32)
     assert build_classification_dataset('eurosat', tmp_path / 'e', 'train', 16)[0][
@@ -143,10 +143,16 @@ def test_class_folder_split_and_whu(tmp_path) -> None:
 
 def test_prepare_classification_checks_bands(tmp_path) -> None:
     fake_eurosat(tmp_path)
-    splits = prepare_classification('eurosat', tmp_path, 32, in_chans=3)
+    splits = prepare_classification('eurosat', tmp_path, 32, in_channels=3)
     assert splits.num_classes == 3 and splits.mean.shape == (3,)
-    with pytest.raises(ValueError, match='13 bands'):
-        prepare_classification('eurosat', tmp_path, 32, in_chans=4)
+    with pytest.raises(ValueError, match=r'13 bands; .* expects 4 \(in_channels;'):
+        prepare_classification('eurosat', tmp_path, 32, in_channels=4)
+    # the encoder-facing builders take TorchGeo's name; timm's is refused in one line
+    renamed = r'^in_chans was renamed in_channels .*expected in_channels=3$'
+    with pytest.raises(ValueError, match=renamed):
+        prepare_classification('eurosat', tmp_path, 32, in_chans=3)
+    with pytest.raises(ValueError, match=renamed):
+        build_classification_dataset('eurosat', tmp_path, 'train', 32, in_chans=3)
 
 
 def test_geotiff_tiles_stay_in_the_held_out_strip(make_geotiff, tmp_path) -> None:

@@ -85,5 +85,9 @@ def test_bad_levels_and_datasets_fail_clearly(root: Path) -> None:
         prepare_level_splits('rsscn7', root, 32, test_levels=[5])
     with pytest.raises(ValueError, match="dataset='resisc45' has no scale levels"):
         prepare_level_splits('resisc45', root, 32)
-    with pytest.raises(ValueError, match='gives 3 bands; the encoder expects 4'):
-        prepare_level_splits('rsscn7', root, 32, in_chans=4)
+    with pytest.raises(
+        ValueError, match=r'gives 3 bands; the encoder expects 4 \(in_channels\)'
+    ):
+        prepare_level_splits('rsscn7', root, 32, in_channels=4)
+    with pytest.raises(ValueError, match=r'^in_chans was renamed in_channels'):
+        prepare_level_splits('rsscn7', root, 32, in_chans=3)

@@ -10,6 +10,7 @@ import yaml
 from conftest import TINY_MODEL, tiny_fit_args, write_geotiff
 
 from torchgeo_xscale.cli import lightning_cli, main
+from torchgeo_xscale.datamodules import GeoTIFFDataModule
 from torchgeo_xscale.tasks import CrossScaleMAETask
 
 CONFIGS = Path(__file__).parents[2] / 'configs'
@@ -83,6 +84,15 @@ def test_checkpoint_from_before_the_rename(
     hparams = checkpoint['hyper_parameters']
     assert hparams['in_channels'] == 3 and hparams['in_chans'] is None
     hparams['in_chans'] = hparams.pop('in_channels')  # as written before the rename
+    # Our datamodules save no hyper-parameters (Lightning writes none for them);
+    # a datamodule that did, before the rename, stored in_chans too
+    assert 'datamodule_hyper_parameters' not in checkpoint
+    checkpoint['datamodule_hyper_parameters'] = {
+        'paths': str(tmp_path / 'data'),
+        'img_size': 32,
+        'stats_cache': None,
+        'in_chans': 3,
+    }
     old = tmp_path / 'old.ckpt'
     torch.save(checkpoint, old)
 
@@ -94,3 +104,19 @@ def test_checkpoint_from_before_the_rename(
     resume = tiny_fit_args(tmp_path / 'data', tmp_path / 'resumed', TINY_MODEL)
     assert main([*resume, '--ckpt_path', str(old)]) == 0  # at max_steps already
     assert any('in_chans=3' in str(w.message) for w in recwarn)
+    # Lightning's CLI builds the datamodule from the command line, never from the
+    # checkpoint's datamodule_hyper_parameters; load_from_checkpoint reads them
+    recwarn.clear()
+    datamodule = GeoTIFFDataModule.load_from_checkpoint(old)
+    assert datamodule.kwargs['in_channels'] == 3 and datamodule.img_size == 32
+    assert [
+        str(w.message) for w in recwarn if 'GeoTIFFDataModule' in str(w.message)
+    ] == [
+        'GeoTIFFDataModule.load_from_checkpoint: the checkpoint stores in_chans=3 '
+        '(written before in_chans was renamed in_channels); read as in_channels=3'
+    ]
+    recwarn.clear()
+    with old.open('rb') as f:  # a file object too, with an override (no warning)
+        datamodule = GeoTIFFDataModule.load_from_checkpoint(f, in_channels=4)
+    assert datamodule.kwargs['in_channels'] == 4
+    assert not [w for w in recwarn if 'in_chans' in str(w.message)]

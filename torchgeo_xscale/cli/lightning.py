@@ -26,20 +26,33 @@ class ConfigError(ValueError):
 
 
 def _refuse_renamed(config: Any) -> None:
-    """Refuse ``--model.init_args.in_chans`` (config file or command line) in one line.
+    """Refuse ``in_chans`` in ``--model.init_args`` or ``--data.init_args`` in one line.
+
+    The band count is ``in_channels`` in TorchGeo's tasks and datamodules (and
+    ours, :mod:`torchgeo_xscale.renames`); the old name, from a config file or the
+    command line, is refused before anything is built.
 
     Raises:
         ConfigError: Naming the new key and the value to give it.
     """
     # deferred: `xscale --help` imports every command module, so each
     # command imports what it runs only when it runs
-    from ..tasks.pretrain import IN_CHANS_RENAMED
+    from ..renames import RENAMED_ARGS, renamed_message
+    from ..tasks.pretrain import in_chans_renamed
 
-    model = config.get('model') if isinstance(config, Namespace) else None
-    init = model.get('init_args') if isinstance(model, Namespace) else None
-    value = init.get('in_chans') if isinstance(init, Namespace) else None
-    if value is not None:
-        raise ConfigError(IN_CHANS_RENAMED.format(value=value))
+    for section in ('model', 'data'):
+        spec = config.get(section) if isinstance(config, Namespace) else None
+        for where in ('init_args', 'dict_kwargs'):
+            args = spec.get(where) if isinstance(spec, Namespace | dict) else None
+            if not isinstance(args, Namespace | dict):
+                continue
+            for old in RENAMED_ARGS:
+                value = args.get(old)
+                if value is None:
+                    continue
+                if section == 'model' and old == 'in_chans':
+                    raise ConfigError(in_chans_renamed(value))
+                raise ConfigError(renamed_message(old, value, section))
 
 
 class XScaleCLI(LightningCLI):

@@ -8,17 +8,19 @@ and carries that GSD. Normalisation and scale views happen on the device
 (:class:`~torchgeo_xscale.datamodules.pretraining.PretrainDataModuleMixin`).
 """
 
+import io
 import logging
 import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import IO, Any, Literal, Self, cast
 
 import numpy as np
 import shapely
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.fabric.utilities.cloud_io import _load as pl_load
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from pyproj import CRS
 from rasterio.crs import CRS as RioCRS
 from torch.utils.data import DataLoader, default_collate
@@ -40,6 +42,7 @@ from ..datasets.stats import (
     band_stats,
     combine_band_stats,
 )
+from ..renames import refuse_renamed, renamed_overrides
 from ..samplers import (
     ExactPatchSampler,
     GroupedPatchSampler,
@@ -103,7 +106,7 @@ class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
         res: float | tuple[float, float] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
-        in_chans: int | None = None,
+        in_channels: int | None = None,
         min_valid_fraction: float = 0.5,
         scale_range: tuple[float, float] = (0.2, 0.8),
         num_views: int = 2,
@@ -115,6 +118,8 @@ class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
         stats_cache: str | Path | None = DEFAULT_STATS_CACHE,
         group_sampling: Literal['area', 'equal'] = 'area',
         res_tolerance: float = DEFAULT_RES_TOLERANCE,
+        *,
+        in_chans: int | None = None,
     ) -> None:
         """Initialize a new GeoTIFFDataModule instance.
 
@@ -132,7 +137,9 @@ class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
             res: resolution in CRS units to warp every file to (default: none).
             mean: per-band mean (default: computed over the files and cached).
             std: per-band standard deviation (default: computed with *mean*).
-            in_chans: expected number of bands; a mismatch raises.
+            in_channels: expected number of bands (TorchGeo's name, as the task's
+                ``in_channels``); a mismatch raises in :meth:`setup`, naming the
+                file.
             min_valid_fraction: tiles with fewer valid pixels get ``sample_weight`` 0.
             scale_range: ``(r_min, r_max)`` of the low-scale views.
             num_views: views per tile (1: full scale only, for plain MAE).
@@ -146,10 +153,14 @@ class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
                 area in pixels) or ``'equal'`` (the same share per group).
             res_tolerance: relative pixel-size difference within which files share a
                 grid.
+            in_chans: renamed *in_channels* (:mod:`torchgeo_xscale.renames`);
+                giving it raises.
 
         Raises:
-            ValueError: If a fraction, size or count is out of range.
+            ValueError: If a fraction, size or count is out of range, or *in_chans*
+                is given.
         """
+        refuse_renamed('in_chans', in_chans, 'data')
         patch = img_size if patch_size is None else patch_size
         for name, value in (
             ('img_size', img_size),
@@ -181,7 +192,7 @@ class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
             num_workers=num_workers,
             paths=paths,
             bands=bands,
-            in_chans=in_chans,
+            in_channels=in_channels,
             nodata=nodata,
         )
         self.paths = paths
@@ -216,6 +227,53 @@ class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
             std,
         )
 
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """As :meth:`~lightning.pytorch.core.LightningDataModule.load_from_checkpoint`.
+
+        Saved ``datamodule_hyper_parameters`` under a renamed argument (``in_chans``,
+        :mod:`torchgeo_xscale.renames`) are read under the new name, with a
+        warning. (Our datamodules save no hyper-parameters, so this only matters
+        for a checkpoint of a subclass that did; ``xscale fit --ckpt_path`` builds
+        the datamodule from the command line, as Lightning's CLI does, and restores
+        only its :meth:`state_dict`.)
+
+        Args:
+            checkpoint_path: The checkpoint (path or binary file object).
+            map_location: As :func:`torch.load`.
+            hparams_file: A YAML/CSV file of hyper-parameters to use instead.
+            weights_only: As :func:`torch.load`.
+            **kwargs: Arguments overriding the saved ones.
+
+        Returns:
+            The datamodule.
+        """
+        if not isinstance(checkpoint_path, str | Path):  # read once, here and below
+            checkpoint_path = io.BytesIO(checkpoint_path.read())
+        if hparams_file is None:  # Lightning's reader, as its load_from_checkpoint
+            checkpoint = pl_load(
+                checkpoint_path, map_location='cpu', weights_only=weights_only
+            )
+            if isinstance(checkpoint_path, io.BytesIO):
+                checkpoint_path.seek(0)
+            stored = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {}
+            overrides, notes = renamed_overrides(stored, kwargs)
+            kwargs = {**overrides, **kwargs}
+            for note in notes:
+                rank_zero_warn(
+                    f'{cls.__name__}.load_from_checkpoint: the checkpoint {note}'
+                )
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, weights_only, **kwargs
+        )
+
     # ----------------------------------------------------------------- build
     @property
     def num_bands(self) -> int | None:
@@ -229,9 +287,11 @@ class GeoTIFFDataModule(PretrainDataModuleMixin, GeoDataModule):
 
     def _build(self) -> None:
         """Validate every file, group them, build the datasets and statistics."""
-        kwargs = {k: self.kwargs[k] for k in ('bands', 'in_chans', 'nodata')}
+        kwargs = {k: self.kwargs[k] for k in ('bands', 'in_channels', 'nodata')}
         files = resolve_raster_paths(self.paths)
-        _, indexes, infos = validate_rasters(files, kwargs['bands'], kwargs['in_chans'])
+        _, indexes, infos = validate_rasters(
+            files, kwargs['bands'], kwargs['in_channels']
+        )
         if self.warp_crs is not None or self.warp_res is not None:  # one grid
             dataset = GeoTIFFDataset(
                 files, crs=self.warp_crs, res=self.warp_res, **kwargs

@@ -29,6 +29,7 @@ from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import GeoSlice
 
 from ..gsd import GroundUnits
+from ..renames import refuse_renamed
 from .rasters import RasterInfo, _error, resolve_raster_paths, validate_rasters
 
 __all__ = (
@@ -90,10 +91,12 @@ class GeoTIFFDataset(RasterDataset):
         crs: str | CRS | None = None,
         res: float | tuple[float, float] | None = None,
         bands: Sequence[int | str] | None = None,
-        in_chans: int | None = None,
+        in_channels: int | None = None,
         nodata: float | None = None,
         transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         cache: bool = True,
+        *,
+        in_chans: int | None = None,
     ) -> None:
         """Initialize a new GeoTIFFDataset instance.
 
@@ -102,15 +105,20 @@ class GeoTIFFDataset(RasterDataset):
             crs: CRS to warp to, e.g. ``'EPSG:32633'`` (default: the first file's).
             res: resolution in CRS units (default: the first file's).
             bands: 1-based band numbers or band descriptions to read (default all).
-            in_chans: expected number of bands read; a mismatch raises.
+            in_channels: expected number of bands read (TorchGeo's name); a
+                mismatch raises, naming the file.
             nodata: nodata value overriding the files' own.
             transforms: function applied to each finished sample.
             cache: if True, keep file handles open (TorchGeo's LRU cache).
+            in_chans: renamed *in_channels* (:mod:`torchgeo_xscale.renames`);
+                giving it raises.
 
         Raises:
             RasterInputError: If a file is unusable; RasterNotFoundError if no file
                 is found.
+            ValueError: If *in_chans* is given.
         """
+        refuse_renamed('in_chans', in_chans)
         if crs is not None:
             try:
                 crs = CRS.from_user_input(crs)
@@ -119,7 +127,7 @@ class GeoTIFFDataset(RasterDataset):
                     'crs', f'{crs!r} cannot be parsed', 'e.g. EPSG:32633'
                 ) from err
         files = resolve_raster_paths(paths)
-        self._count, band_indexes, infos = validate_rasters(files, bands, in_chans)
+        self._count, band_indexes, infos = validate_rasters(files, bands, in_channels)
         self.nodata = nodata
         super().__init__(files, crs=crs, res=res, transforms=None, cache=cache)
         missing = sorted(set(files) - set(self.index.filepath))

@@ -28,6 +28,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from ..gsd import GroundUnits
+from ..renames import refuse_renamed
 
 if TYPE_CHECKING:  # only for the annotation: geotiff.py imports this module
     from .geotiff import GeoTIFFDataset
@@ -292,6 +293,8 @@ def _info(path: str, src: rasterio.DatasetReader) -> RasterInfo:
 def validate_rasters(
     files: Sequence[str],
     bands: Sequence[int | str] | None = None,
+    in_channels: int | None = None,
+    *,
     in_chans: int | None = None,
 ) -> tuple[int, list[int] | None, list[RasterInfo]]:
     """Check every file is a readable, georeferenced raster with matching bands.
@@ -299,7 +302,9 @@ def validate_rasters(
     Args:
         files: raster files.
         bands: 1-based band numbers or band descriptions to read (default all).
-        in_chans: expected number of bands read, if known.
+        in_channels: expected number of bands read, if known (TorchGeo's name,
+            :mod:`torchgeo_xscale.renames`).
+        in_chans: renamed *in_channels*; giving it raises.
 
     Returns:
         The band count of the files, the 1-based band indexes to read (None: all)
@@ -307,7 +312,9 @@ def validate_rasters(
 
     Raises:
         RasterInputError: On the first bad file, naming it and what was expected.
+        ValueError: If *in_chans* is given.
     """
+    refuse_renamed('in_chans', in_chans)
     first: tuple[str, int] | None = None
     indexes: list[int] | None = None
     infos: list[RasterInfo] = []
@@ -344,9 +351,9 @@ def validate_rasters(
                     path, f'has {src.count} bands', f'{first[1]} like {first[0]}'
                 )
             n_read = len(indexes) if indexes else src.count
-            if in_chans is not None and n_read != in_chans:
+            if in_channels is not None and n_read != in_channels:
                 raise _error(
-                    path, f'has {n_read} bands to read', f'in_chans={in_chans}'
+                    path, f'has {n_read} bands to read', f'in_channels={in_channels}'
                 )
             try:  # the first and last blocks reveal truncated or corrupt files
                 src.read(indexes, window=Window(0, 0, 1, 1))

@@ -28,6 +28,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
 from ..datamodules.geotiff import GeoTIFFDataModule
 from ..datasets.rsscn7 import RSSCN7
+from ..renames import refuse_renamed
 from ..samplers import flush_starts
 from ..transforms import normalize
 
@@ -169,9 +170,11 @@ def build_classification_dataset(
     split: str,
     size: int,
     bands: Sequence[str] | None = None,
-    in_chans: int | None = None,
+    in_channels: int | None = None,
     train_fraction: float = 0.8,
     seed: int = 0,
+    *,
+    in_chans: int | None = None,
 ) -> Dataset[dict[str, Any]]:
     """A classification split whose images are resized to *size*.
 
@@ -182,17 +185,21 @@ def build_classification_dataset(
         split: ``train`` or ``test`` (``val`` too for the TorchGeo datasets).
         size: Encoder input side in pixels.
         bands: EuroSAT band names (default: RGB for a 3-band encoder, else all).
-        in_chans: Bands the encoder takes (picks EuroSAT's default bands).
+        in_channels: Bands the encoder takes (TorchGeo's name; picks EuroSAT's
+            default bands).
         train_fraction: Train share of class folders without split folders
             (RSSCN7 keeps its own 50/50 split of each class and level).
         seed: Seed of that split.
+        in_chans: Renamed *in_channels* (:mod:`torchgeo_xscale.renames`); giving
+            it raises.
 
     Returns:
         The dataset; samples are ``{'image': (C, size, size) float32, 'label': ()}``.
 
     Raises:
-        ValueError: If *name* is unknown.
+        ValueError: If *name* is unknown, or *in_chans* is given.
     """
+    refuse_renamed('in_chans', in_chans)
     transform = ResizeImage(size)
     key = name.lower().replace('_', '-')
     if key == 'resisc45':
@@ -201,7 +208,7 @@ def build_classification_dataset(
         return UCMerced(os.fspath(root), split, transforms=transform)  # type: ignore[arg-type]
     if key == 'eurosat':
         if bands is None:
-            bands = EuroSAT.rgb_bands if in_chans == 3 else EuroSAT.all_band_names
+            bands = EuroSAT.rgb_bands if in_channels == 3 else EuroSAT.all_band_names
         return EuroSAT(os.fspath(root), split, bands=bands, transforms=transform)  # type: ignore[arg-type]
     if key == 'rsscn7':
         return RSSCN7(
@@ -518,13 +525,15 @@ def prepare_classification(
     name: str,
     root: str | os.PathLike[str],
     size: int,
-    in_chans: int | None = None,
+    in_channels: int | None = None,
     split: str = 'test',
     normalize: str = 'dataset',
     bands: Sequence[str] | None = None,
     max_samples: int | None = None,
     train_fraction: float = 0.8,
     seed: int = 0,
+    *,
+    in_chans: int | None = None,
 ) -> ClassificationSplits:
     """Build train and evaluation splits and their normalisation.
 
@@ -532,7 +541,7 @@ def prepare_classification(
         name: Dataset name (:data:`CLASSIFICATION_DATASETS`).
         root: Dataset root.
         size: Encoder input side.
-        in_chans: Encoder bands (checked against the data).
+        in_channels: Encoder bands (TorchGeo's name; checked against the data).
         split: Evaluation split, ``test`` or ``val``.
         normalize: ``dataset`` (per-band statistics of the train split), ``imagenet``
             (0-255 RGB, as Scale-MAE's weights expect) or ``none``.
@@ -540,28 +549,35 @@ def prepare_classification(
         max_samples: Use at most this many images per split (evenly spaced).
         train_fraction: Train share for class folders without split folders.
         seed: Seed of that split.
+        in_chans: Renamed *in_channels* (:mod:`torchgeo_xscale.renames`); giving
+            it raises.
 
     Returns:
         The splits.
 
     Raises:
-        ValueError: On an unknown *normalize* or a band-count mismatch.
+        ValueError: On an unknown *normalize*, a band-count mismatch or *in_chans*
+            given.
     """
+    refuse_renamed('in_chans', in_chans)
     if normalize not in ('dataset', 'imagenet', 'none'):
         raise ValueError(
             f"normalize={normalize!r}; expected 'dataset', 'imagenet' or 'none'"
         )
     train = build_classification_dataset(
-        name, root, 'train', size, bands, in_chans, train_fraction, seed
+        name, root, 'train', size, bands, in_channels, train_fraction, seed
     )
     test = build_classification_dataset(
-        name, root, split, size, bands, in_chans, train_fraction, seed
+        name, root, split, size, bands, in_channels, train_fraction, seed
     )
     classes = getattr(train, 'classes', None)
     num_classes = len(classes) if classes else 1 + max(int(s) for s in train.targets)  # type: ignore[attr-defined]
     channels = int(train[0]['image'].shape[0])
-    if in_chans is not None and channels != in_chans:
-        msg = f'dataset={name!r} gives {channels} bands; the encoder expects {in_chans} (in_chans; see bands=)'
+    if in_channels is not None and channels != in_channels:
+        msg = (
+            f'dataset={name!r} gives {channels} bands; the encoder expects '
+            f'{in_channels} (in_channels; see bands=)'
+        )
         raise ValueError(msg)
     train, test = _subsample(train, max_samples), _subsample(test, max_samples)
     if normalize == 'dataset':

@@ -81,7 +81,9 @@ class FeatureEncoder(nn.Module):
         model: The wrapped encoder (eval mode, no gradients).
         pool: ``mean`` of patch tokens or ``cls``.
         img_size: Input side in pixels the encoder expects.
-        in_chans: Input bands.
+        in_chans: Input bands (timm's name, as the wrapped model's; the dataset
+            builders take it as ``in_channels``, TorchGeo's name:
+            :mod:`torchgeo_xscale.renames`).
         name: Label used in reports.
     """
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from ..datasets.rsscn7 import RSSCN7
+from ..renames import refuse_renamed
 from .datasets import IMAGENET_STATS, ResizeImage, channel_stats
 from .encoders import FeatureEncoder, load_encoder
 from .knn import embed_at_scale, knn_predict
@@ -83,13 +84,15 @@ def prepare_level_splits(
     name: str,
     root: str | os.PathLike[str],
     size: int,
-    in_chans: int | None = None,
+    in_channels: int | None = None,
     train_levels: Sequence[int] | None = None,
     test_levels: Sequence[int] | None = None,
     normalize: str = 'dataset',
     max_samples: int | None = None,
     train_fraction: float = 0.5,
     seed: int = 0,
+    *,
+    in_chans: int | None = None,
 ) -> LevelSplits:
     """Build the per-level splits and their normalisation.
 
@@ -97,7 +100,7 @@ def prepare_level_splits(
         name: A key of :data:`LEVELLED_DATASETS`.
         root: Dataset root.
         size: Encoder input side (images are resized to it).
-        in_chans: Encoder bands (checked against the data).
+        in_channels: Encoder bands (TorchGeo's name; checked against the data).
         train_levels: Levels to fit classifiers on (default all).
         test_levels: Levels to test on (default all).
         normalize: ``dataset`` (per-band statistics of the train images of
@@ -105,13 +108,17 @@ def prepare_level_splits(
         max_samples: At most this many images per level and split.
         train_fraction: Train share of each class and level.
         seed: Seed of the split.
+        in_chans: Renamed *in_channels* (:mod:`torchgeo_xscale.renames`); giving
+            it raises.
 
     Returns:
         The splits.
 
     Raises:
-        ValueError: On an unknown dataset, level or *normalize*, or a band mismatch.
+        ValueError: On an unknown dataset, level or *normalize*, a band mismatch,
+            or *in_chans* given.
     """
+    refuse_renamed('in_chans', in_chans)
     key = name.lower()
     if key not in LEVELLED_DATASETS:
         msg = (
@@ -150,8 +157,11 @@ def prepare_level_splits(
     test = {level: split('test', level) for level in (test_levels or levels)}
     first = next(iter(train.values()))
     channels = int(first[0]['image'].shape[0])
-    if in_chans is not None and channels != in_chans:
-        msg = f'dataset={name!r} gives {channels} bands; the encoder expects {in_chans} (in_chans)'
+    if in_channels is not None and channels != in_channels:
+        msg = (
+            f'dataset={name!r} gives {channels} bands; the encoder expects '
+            f'{in_channels} (in_channels)'
+        )
         raise ValueError(msg)
     if normalize == 'dataset':
         mean, std = channel_stats(torch.utils.data.ConcatDataset(list(train.values())))

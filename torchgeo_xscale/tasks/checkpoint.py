@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..renames import RENAMED_ARGS, upgrade_renamed
+
 __all__ = (
     'CheckpointMismatchError',
     'check_checkpoint_fits',
@@ -137,8 +139,9 @@ def plain(value: Any) -> Any:
     return value
 
 
-#: Hyper-parameters renamed since checkpoints were written: old name -> new name.
-RENAMED_HPARAMS: dict[str, str] = {'in_chans': 'in_channels'}
+#: Hyper-parameters renamed since checkpoints were written: old name -> new name
+#: (:data:`torchgeo_xscale.renames.RENAMED_ARGS`).
+RENAMED_HPARAMS: dict[str, str] = RENAMED_ARGS
 
 
 def upgrade_hparams(stored: Mapping[str, Any]) -> dict[str, Any]:
@@ -146,7 +149,7 @@ def upgrade_hparams(stored: Mapping[str, Any]) -> dict[str, Any]:
 
     ``CrossScaleMAETask`` took the band count as ``in_chans`` (timm's name) before
     it took ``in_channels`` (TorchGeo's); a checkpoint storing the old name reads as
-    if it stored the new one (when it does not store both).
+    if it stored the new one (when the new name holds no value).
 
     Args:
         stored: The checkpoint's ``hyper_parameters``.
@@ -154,11 +157,7 @@ def upgrade_hparams(stored: Mapping[str, Any]) -> dict[str, Any]:
     Returns:
         A copy with the old names renamed.
     """
-    upgraded = dict(stored)
-    for old, new in RENAMED_HPARAMS.items():
-        if old in upgraded and new not in upgraded:
-            upgraded[new] = upgraded.pop(old)
-    return upgraded
+    return upgrade_renamed(stored)[0]
 
 
 def hparam_conflicts(

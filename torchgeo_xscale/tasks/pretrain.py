@@ -16,6 +16,7 @@ from ..checkpoints import STRUCTURE_KEY, load_into, model_structure, resolve
 from ..gsd import GSDRecorder, declared_gsd
 from ..models.cross_scale_mae import CrossScaleMAE, CrossScaleMAEOutput
 from ..plotting import plot_reconstruction
+from ..renames import renamed_message
 from ..seeding import key_seed
 from .checkpoint import check_checkpoint_fits
 from .figures import log_figure, resolve_log_dir
@@ -32,15 +33,27 @@ MODEL_ARGS = tuple(inspect.signature(CrossScaleMAE.__init__).parameters)[1:]
 
 #: Model arguments the task names otherwise: the band count is ``in_channels`` in
 #: TorchGeo's tasks (``tasks.MAE``, ours), ``in_chans`` in timm's models (ours).
-MODEL_ARG_NAMES: dict[str, str] = {'in_chans': 'in_channels'}
+MODEL_ARG_NAMES: dict[str, str] = {'in_chans': 'in_channels'}  # see ..renames
 
-#: The message when the old name is given to the task.
-IN_CHANS_RENAMED = (
-    "in_chans was renamed in_channels (TorchGeo's name); expected "
-    '--model.init_args.in_channels {value} (in Python: in_channels={value}; a '
-    'checkpoint from before the rename: load_from_checkpoint(path, in_chans=None, '
-    'in_channels={value}), or xscale ... --ckpt_path, which maps it)'
+#: What the message on the task's old ``in_chans`` adds (:func:`renamed_message`):
+#: how to load a checkpoint written before the rename.
+OLD_CHECKPOINT_NOTE = (
+    'a checkpoint from before the rename: load_from_checkpoint(path, in_chans=None, '
+    'in_channels={value}), or xscale ... --ckpt_path, which maps it'
 )
+
+
+def in_chans_renamed(value: Any) -> str:
+    """The one-line message when the task is given the old ``in_chans``.
+
+    Args:
+        value: The value given.
+
+    Returns:
+        The message naming ``--model.init_args.in_channels`` and the value.
+    """
+    note = OLD_CHECKPOINT_NOTE.format(value=value)
+    return renamed_message('in_chans', value, 'model', note)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -234,7 +247,7 @@ class CrossScaleMAETask(BaseTask):
                 is given.
         """
         if in_chans is not None:
-            raise ValueError(IN_CHANS_RENAMED.format(value=in_chans))
+            raise ValueError(in_chans_renamed(in_chans))
         if nonfinite not in ('raise', 'skip'):
             msg = f"nonfinite={nonfinite!r}; expected 'raise' or 'skip'"
             raise ValueError(msg)
