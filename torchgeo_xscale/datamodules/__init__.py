@@ -1,5 +1,4 @@
-"""Lightning datamodules: pretraining (GeoTIFF, fMoW), the ISPRS scale protocol and
-segmentation from labelled GeoTIFFs.
+"""Lightning datamodules: pretraining, ISPRS scale protocol, labelled GeoTIFFs.
 
 Configs name them by these short class paths
 (``torchgeo_xscale.datamodules.GeoTIFFDataModule``...).
