@@ -471,9 +471,10 @@ class GeoTIFFSegmentationDataModule(GeoDataModule):
             image_files, self.band_selection, self.in_channels
         )
         self.bands = [i - 1 for i in indexes] if indexes else None
-        mask_infos = validate_rasters([mask for _, mask in self.pairs])[2]
         mask_of = {}
-        for (_, mask_path), info, mask in zip(self.pairs, infos, mask_infos):
+        for (_, mask_path), info in zip(self.pairs, infos):
+            # one by one: a mask's band count is checked against its image's grid
+            mask = validate_rasters([mask_path])[2][0]
             _check_pair(info, mask)
             _check_classes(mask_path, self.num_classes, self.ignore_index)
             mask_of[info.path] = mask_path
