@@ -12,7 +12,9 @@ import rasterio
 import shapely
 import torch
 from conftest import write_geotiff
+from isprs_layout import tiny_task
 from labelled_layout import GROUPS, NUM_CLASSES, RASTERS, make_labelled_folder
+from lightning.pytorch import Trainer
 from pyproj import Geod
 
 from torchgeo_xscale.datamodules import GeoTIFFSegmentationDataModule
@@ -228,14 +230,32 @@ def test_bad_pairs_are_one_line_errors(
     assert '\n' not in str(err.value)
 
 
-def test_rasters_too_small_to_split_say_what_fits(tmp_path: Path) -> None:
-    grid = dict(width=64, height=64, crs='EPSG:32632', res=1.0)
+@pytest.mark.parametrize(
+    ('width', 'height', 'match'),
+    [
+        (64, 64, r'a\.tif: 64 px along its longer side; expected at least 96 px'),
+        (200, 20, r'a\.tif: 200 x 20 px; expected at least 32 px on each side'),
+    ],
+)
+def test_rasters_too_small_to_split_say_what_fits(
+    width: int, height: int, match: str, tmp_path: Path
+) -> None:
+    grid = dict(width=width, height=height, crs='EPSG:32632', res=1.0)
     write_geotiff(tmp_path / 'images' / 'a.tif', **grid)
-    write_geotiff(
-        tmp_path / 'masks' / 'a.tif', bands=1, **grid, data=np.zeros((1, 64, 64))
-    )
-    with pytest.raises(
-        RasterInputError,
-        match=r'a\.tif: 64 px along its longer side; expected at least 96 px',
-    ):
+    zeros = np.zeros((1, height, width))
+    write_geotiff(tmp_path / 'masks' / 'a.tif', bands=1, **grid, data=zeros)
+    with pytest.raises(RasterInputError, match=match):
         datamodule(tmp_path).setup('fit')
+
+
+def test_num_classes_of_data_and_model_must_agree(folder: Path, tmp_path: Path) -> None:
+    trainer = Trainer(
+        max_steps=1,
+        accelerator='cpu',
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    with pytest.raises(ValueError, match='data num_classes=4 but model num_classes=6'):
+        trainer.fit(tiny_task(), datamodule=datamodule(folder))

@@ -528,6 +528,14 @@ class GeoTIFFSegmentationDataModule(GeoDataModule):
         """The train, val and test boxes of one image (val/test None if not held out)."""
         left, bottom, right, top = info.bounds
         xres, yres = info.res
+        side = max(self.patch_size, self.eval_size)
+        if min(info.width, info.height) < side:
+            msg = (
+                f'{info.path}: {info.width} x {info.height} px; expected at least '
+                f'{side} px on each side (patch_size={self.patch_size}, '
+                f'eval_size={self.eval_size})'
+            )
+            raise RasterInputError(msg)
         along_x = info.width >= info.height
         extent = info.width if along_x else info.height
         val_px = self._strip(extent, self.val_fraction)
