@@ -3,7 +3,15 @@
 ``xscale scale-study --config configs/segmentation/potsdam.yaml --data.root DIR``
 fine-tunes and tests at each scale ratio (default 25 / 50 / 100 %), or only tests a
 given ``--checkpoint`` at each, and writes ``scale_study.csv``, ``scale_study.md``
-(mIoU / OA beside the paper's Table 4, per-class IoU) and a prediction figure per scale.
+(mIoU / OA beside the paper's Table 4, per-class IoU), ``scale_study.json`` and a
+prediction figure per scale.
+
+With a datamodule of several native-GSD groups
+(:class:`~torchgeo_xscale.datamodules.GeoTIFFSegmentationDataModule`,
+``configs/segmentation/geotiff_folder.yaml``) the test runs once per group (the
+datamodule's ``test_group``) and once over all groups pooled: the CSV and JSON have
+a row per (group, scale) with the group's name and GSD (``all``: pooled), the
+Markdown a section per group.
 Arguments it does not know go to the LightningCLI (``--trainer.max_epochs 50``...).
 """
 
@@ -27,49 +35,15 @@ TABLE4_MIOU: dict[str, dict[float, float]] = {
 }
 
 
-def write_scale_table(
-    rows: list[dict[str, Any]],
-    output_dir: str | os.PathLike[str],
-    dataset: str | None = None,
-    class_names: Sequence[str] | None = None,
-    ignore_index: int | None = None,
-) -> tuple[str, str]:
-    """Write the scale study's ``scale_study.csv`` and ``scale_study.md``.
-
-    Built on :mod:`torchgeo_xscale.evaluation.report`: the CSV has one row per scale,
-    the Markdown one column per scale (mIoU and OA beside the paper's Table 4, then
-    the IoU of each class).
-
-    Args:
-        rows: One per scale: ``scale``, ``miou``, ``overall_accuracy``, ``iou``
-            (per-class list).
-        output_dir: Folder to write into.
-        dataset: ``potsdam`` or ``vaihingen`` to print the paper's Table 4 beside.
-        class_names: Class names (default: indices).
-        ignore_index: Class left out of mIoU (shown as ``-``).
-
-    Returns:
-        Paths of the CSV and Markdown files.
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    k = len(rows[0]['iou']) if rows else 0
-    names = list(class_names or [str(i) for i in range(k)])
+def _tables(
+    rows: Sequence[dict[str, Any]],
+    names: Sequence[str],
+    dataset: str | None,
+    ignore_index: int | None,
+    level: str = '##',
+) -> list[str]:
+    """The mIoU / OA table (with Table 4 for ISPRS) and the per-class IoU table."""
     published = TABLE4_MIOU.get(dataset or '', {})
-    csv_rows = [
-        {
-            'scale': row['scale'],
-            'miou': f'{row["miou"]:.4f}',
-            'overall_accuracy': f'{row["overall_accuracy"]:.4f}',
-            **{f'iou_{n}': f'{v:.4f}' for n, v in zip(names, row['iou'])},
-            'paper_miou': published.get(row['scale'], ''),
-        }
-        for row in rows
-    ]
-    columns = ['scale', 'miou', 'overall_accuracy', *[f'iou_{n}' for n in names]]
-    csv_path = write_csv(
-        csv_rows, os.path.join(output_dir, 'scale_study.csv'), [*columns, 'paper_miou']
-    )
-
     heads = [f'{100 * row["scale"]:g} %' for row in rows]
 
     def line(label: str, cells: Sequence[str]) -> dict[str, str]:
@@ -93,16 +67,83 @@ def write_scale_table(
         line(name, ['-' if i == ignore_index else f'{r["iou"][i]:.4f}' for r in rows])
         for i, name in enumerate(names)
     ]
-    text = [
-        f'# Scale study{f" ({dataset})" if dataset else ""}',
-        '',
-        '## mIoU (Table 4)',
+    title = '(Table 4)' if dataset in TABLE4_MIOU or level == '##' else ''
+    return [
+        f'{level} mIoU {title}'.rstrip(),
         '',
         markdown_table(miou, ['', *heads]),
-        '## IoU per class',
+        f'{level} IoU per class',
         '',
         markdown_table(iou, ['', *heads]),
     ]
+
+
+def write_scale_table(
+    rows: list[dict[str, Any]],
+    output_dir: str | os.PathLike[str],
+    dataset: str | None = None,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int | None = None,
+) -> tuple[str, str]:
+    """Write the scale study's ``scale_study.csv`` and ``scale_study.md``.
+
+    Built on :mod:`torchgeo_xscale.evaluation.report`: the CSV has one row per scale
+    (per group and scale when the rows have a ``group``), the Markdown one column
+    per scale (mIoU and OA beside the paper's Table 4, then the IoU of each class),
+    in a section per group when the rows have one (``all``: every group pooled).
+
+    Args:
+        rows: One per scale (or per group and scale): ``scale``, ``miou``,
+            ``overall_accuracy``, ``iou`` (per-class list), optionally ``group``
+            (a name, ``all`` for every group pooled) and ``gsd`` (metres per pixel).
+        output_dir: Folder to write into.
+        dataset: ``potsdam`` or ``vaihingen`` to print the paper's Table 4 beside.
+        class_names: Class names (default: indices).
+        ignore_index: Class left out of mIoU (shown as ``-``).
+
+    Returns:
+        Paths of the CSV and Markdown files.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    k = len(rows[0]['iou']) if rows else 0
+    names = list(class_names or [str(i) for i in range(k)])
+    published = TABLE4_MIOU.get(dataset or '', {})
+    grouped = any('group' in row for row in rows)
+    csv_rows = [
+        {
+            **(
+                {
+                    'group': row.get('group', 'all'),
+                    'gsd': f'{row["gsd"]:.6g}' if row.get('gsd') else '',
+                }
+                if grouped
+                else {}
+            ),
+            'scale': row['scale'],
+            'miou': f'{row["miou"]:.4f}',
+            'overall_accuracy': f'{row["overall_accuracy"]:.4f}',
+            **{f'iou_{n}': f'{v:.4f}' for n, v in zip(names, row['iou'])},
+            'paper_miou': published.get(row['scale'], ''),
+        }
+        for row in rows
+    ]
+    columns = ['scale', 'miou', 'overall_accuracy', *[f'iou_{n}' for n in names]]
+    if grouped:
+        columns = ['group', 'gsd', *columns]
+    csv_path = write_csv(
+        csv_rows, os.path.join(output_dir, 'scale_study.csv'), [*columns, 'paper_miou']
+    )
+    text = [f'# Scale study{f" ({dataset})" if dataset else ""}', '']
+    if not grouped:
+        text += _tables(rows, names, dataset, ignore_index)
+    for group in dict.fromkeys(row.get('group', 'all') for row in rows if grouped):
+        members = [r for r in rows if r.get('group', 'all') == group]
+        gsd = members[0].get('gsd')
+        if group == 'all':
+            text += ['## All groups pooled', '']
+        else:
+            text += [f'## Group {group}' + (f' (GSD {gsd:.3g} m)' if gsd else ''), '']
+        text += _tables(members, names, dataset, ignore_index, '###')
     if ignore_index is not None:
         text.append(
             f'Class {names[ignore_index]!r} (index {ignore_index}) is ignored in loss, '
@@ -117,6 +158,46 @@ def write_scale_table(
 def _dataset_name(datamodule: Any) -> str | None:
     name = type(datamodule).__name__.lower()
     return next((d for d in TABLE4_MIOU if d in name), None)
+
+
+def _test_per_group(
+    trainer: Any, task: Any, datamodule: Any, ckpt_path: str | None
+) -> list[tuple[str | None, float | None, dict[str, float]]]:
+    """Test metrics over all test tiles, and per GSD group when the datamodule has groups.
+
+    A datamodule with groups (``group_info()`` and ``test_group``, e.g.
+    :class:`~torchgeo_xscale.datamodules.GeoTIFFSegmentationDataModule`) is tested
+    once per group with its test set restricted to that group (``test_group = i``),
+    then once with every group pooled (``test_group = None``; with one group its
+    metrics are that group's): each ``trainer.test`` computes the task's metrics
+    as usual, so nothing in the task depends on groups. The pooled test runs last,
+    so the task's last figure is of the pooled test tiles.
+
+    Args:
+        trainer: The Lightning trainer.
+        task: The segmentation task.
+        datamodule: The datamodule.
+        ckpt_path: Checkpoint to test (None: the task's weights).
+
+    Returns:
+        ``(group, gsd, metrics)``: ``('all', None, ...)`` first and then one per group
+        (finest first), or only ``(None, None, ...)`` for a datamodule without groups.
+    """
+    if not (hasattr(datamodule, 'group_info') and hasattr(datamodule, 'test_group')):
+        metrics = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt_path)[0]
+        return [(None, None, metrics)]
+    per_group: list[tuple[str | None, float | None, dict[str, float]]] = []
+    groups = datamodule.group_info()
+    for index, (name, gsd) in enumerate(groups):
+        if len(groups) > 1:
+            datamodule.test_group = index
+        metrics = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt_path)[0]
+        per_group.append((name, gsd, metrics))
+    datamodule.test_group = None
+    pooled = per_group[0][2]
+    if len(groups) > 1:
+        pooled = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt_path)[0]
+    return [('all', None, pooled), *per_group]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,7 +249,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             trainer.fit(task, datamodule=datamodule)
             best = getattr(trainer.checkpoint_callback, 'best_model_path', '')
             ckpt_path = best or None
-        metrics = trainer.test(task, datamodule=datamodule, ckpt_path=ckpt_path)[0]
         labels = task.hparams['labels'] or [
             str(i) for i in range(task.hparams['num_classes'])
         ]
@@ -177,18 +257,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             labels,
             task.hparams['ignore_index'],
         )
-        rows.append(
-            {
-                'scale': scale,
-                'miou': metrics['test_AverageJaccardIndex'],
-                'overall_accuracy': metrics['test_OverallAccuracy'],
-                'iou': [
-                    metrics.get(f'test_ClasswiseJaccardIndex_{n}', float('nan'))
-                    for n in labels
-                ],
-                'checkpoint': ckpt_path,
-            }
-        )
+        for group, gsd, metrics in _test_per_group(
+            trainer, task, datamodule, ckpt_path
+        ):
+            rows.append(
+                {
+                    **({} if group is None else {'group': group, 'gsd': gsd}),
+                    'scale': scale,
+                    'miou': metrics['test_AverageJaccardIndex'],
+                    'overall_accuracy': metrics['test_OverallAccuracy'],
+                    'iou': [
+                        metrics.get(f'test_ClasswiseJaccardIndex_{n}', float('nan'))
+                        for n in labels
+                    ],
+                    'checkpoint': ckpt_path,
+                }
+            )
         if task.last_figure:
             shutil.copyfile(
                 task.last_figure,
