@@ -80,9 +80,9 @@ def test_paper_literal_and_ablations() -> None:
     assert set(out.parts) == {'re'} and out.pred.shape[1] == 2  # both views
     variant = build_task(
         'tau',
-        StudyConfig(model=dict(TINY_MODEL), variants={'tau': {'temperature': 0.2}}),
+        StudyConfig(model=dict(TINY_MODEL), variants={'tau': {'temperature': 0.1}}),
     )
-    assert variant.hparams['temperature'] == 0.2
+    assert variant.hparams['temperature'] == 0.1
 
 
 def test_study_runs_end_to_end(make_geotiff, tmp_path: Path) -> None:

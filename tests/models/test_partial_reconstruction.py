@@ -108,16 +108,47 @@ def test_decoder_sees_only_visible_and_kept_tokens() -> None:
     flat = (pos[:, 1:, 0] * 4 + pos[:, 1:, 1]).sort(1).values
     decoded = (1 - out.mask + out.decoded).transpose(0, 1).reshape(6, 16)
     assert torch.equal(flat, decoded.nonzero()[:, 1].view(6, 7))
-    # eval mode decodes every patch
+    # eval mode decodes every patch, 3 mask tokens per pass as in training
     model.eval()
+    seen.clear()
     model(views(), generator=gen(1))
-    assert seen[-1][0].shape == (6, 17, 32)
+    assert [t.shape for t, _ in seen] == [(6, 1 + 4 + 3, 32)] * 4
     # the count is fixed by the configuration, whatever the masks
     assert num_kept_targets(0.5, 12) == 6 and num_kept_targets(1e-3, 12) == 1
     with pytest.raises(ValueError, match='decoder_keep=0'):
         CrossScaleMAE(**TINY, decoder_keep=0.0)
     with pytest.raises(ValueError, match=r'decoder_keep=1\.5'):
         CrossScaleMAETask(**TINY, decoder_keep=1.5)
+
+
+def test_eval_decodes_every_patch_in_groups_of_the_trained_size() -> None:
+    """Outside training a decoder_keep < 1 model decodes all masked patches, K per
+    pass with every visible token (the context it was trained in): each group's
+    features equal a partial decoding of that group; keep 1 is one full pass."""
+    torch.manual_seed(0)
+    model = CrossScaleMAE(**TINY, decoder_keep=0.4).eval()  # K = 5 of 12 masked
+    assert model.num_decoded_targets == 5
+    masks = model.draw_masks(3, 2, CPU, gen(1))
+    images = views().transpose(0, 1).reshape(6, 3, 32, 32)
+    latent = model.forward_encoder(images, masks)
+    seen = decoder_inputs(model)
+    out = model.forward_decoder(latent, masks)
+    assert out.shape == (6, 16, 32)
+    assert [t.shape[1] for t, _ in seen] == [1 + 4 + 5] * 3  # groups 0-4, 5-9, 7-11
+    masked = masks.mask.float().argsort(dim=1, descending=True, stable=True)[:, :12]
+    for ids in (masked[:, 0:5], masked[:, 7:12]):
+        group = replace(masks, ids_target=ids)
+        part = model.forward_decoder(latent, group)[:, 4:]  # the group's tokens
+        got = out.gather(1, ids.unsqueeze(-1).expand(-1, -1, 32))
+        assert torch.allclose(got, part, atol=1e-5)
+    visible = model.forward_decoder(latent, replace(masks, ids_target=masked[:, 7:]))
+    keep = masks.ids_keep.unsqueeze(-1).expand(-1, -1, 32)
+    assert torch.allclose(out.gather(1, keep), visible[:, :4], atol=1e-5)
+    assert model.training is False and model.grouped_decoding(masks)
+    model.train()
+    assert not model.grouped_decoding(masks)
+    full = CrossScaleMAE(**TINY).eval()
+    assert not full.grouped_decoding(masks)
 
 
 def test_l_re_counts_only_the_kept_targets() -> None:

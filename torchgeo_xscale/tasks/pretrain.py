@@ -139,7 +139,7 @@ class CrossScaleMAETask(BaseTask):
         cp_stop_grad: bool = True,
         cp_target: str = 'instance_norm',
         cp_positions: str = 'masked',
-        temperature: float = 0.5,
+        temperature: float = 0.2,
         cc_pool: str = 'mean',
         projection_dim: int = 256,
         projection_hidden_dim: int = 2048,
