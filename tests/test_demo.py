@@ -44,7 +44,7 @@ def test_summary_says_the_time_cap_stopped_it(capped: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_figures_and_retrieval_of_both_encoders(capped: dict[str, Any]) -> None:
     out, summary = capped['out'], capped['summary']
-    for name in ('reconstruction', 'retrieval', 'loss_curve'):
+    for name in ('reconstruction', 'reconstruction_scene', 'retrieval', 'loss_curve'):
         path = Path(summary['files'][name])
         assert path == out / f'{name}.png'
         assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
@@ -54,6 +54,10 @@ def test_figures_and_retrieval_of_both_encoders(capped: dict[str, Any]) -> None:
     for name in ('trained', 'untrained'):
         assert 0 <= retrieval[f'{name}_top1'] <= 1
         assert 1 <= retrieval[f'{name}_mean_rank'] <= retrieval['tiles']
+    scene = summary['scene_reconstruction']  # the held-out strip, non-overlapping
+    assert 1 <= scene['tiles'] < retrieval['tiles']
+    assert scene['model_masked_mse'] > 0 and scene['baseline_masked_mse'] > 0
+    assert 'mean-colour baseline' in (out / 'summary.md').read_text()
 
 
 @pytest.mark.slow

@@ -1,9 +1,18 @@
 """Reconstruction and retrieval figures: what the panels show is what was predicted."""
 
+from pathlib import Path
+
 import torch
 
 from torchgeo_xscale.losses import patchify
-from torchgeo_xscale.plotting import plot_reconstruction, plot_retrieval, reconstruct
+from torchgeo_xscale.plotting import (
+    mosaic,
+    plot_reconstruction,
+    plot_retrieval,
+    plot_scene_reconstruction,
+    reconstruct,
+    save_figure,
+)
 
 
 def test_norm_pix_predictions_are_shown_in_image_units() -> None:
@@ -42,3 +51,18 @@ def test_plot_retrieval_frames_the_own_tile() -> None:
         0.19607843137254902,
     )
     assert miss.spines['top'].get_linewidth() < hit.spines['top'].get_linewidth()
+
+
+def test_mosaic_places_tiles_and_scene_figure_saves(tmp_path: Path) -> None:
+    tiles = torch.arange(3, dtype=torch.float32).view(3, 1, 1, 1).expand(3, 2, 4, 4)
+    out = mosaic(tiles, rows=[0, 1, 1], cols=[1, 0, 1], fill=-1.0)
+    assert out.shape == (2, 8, 8)
+    assert (out[:, :4, :4] == -1).all()  # no tile at (0, 0)
+    assert (out[:, :4, 4:] == 0).all() and (out[:, 4:, :4] == 1).all()
+    assert (out[:, 4:, 4:] == 2).all()
+    hidden = torch.zeros(8, 8, dtype=torch.bool)
+    hidden[:4] = True
+    image = torch.randn(3, 8, 8)
+    fig = plot_scene_reconstruction([('a', image), ('b', image)], hidden, 'title')
+    path = save_figure(fig, tmp_path / 'scene.png')
+    assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'

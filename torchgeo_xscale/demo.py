@@ -45,13 +45,18 @@ from .datasets.example_data import fetch_example_rasters
 from .evaluation.datasets import load_geotiff_tiles
 from .evaluation.encoders import FeatureEncoder
 from .evaluation.knn import embed_at_scale
+from .evaluation.reconstruction import MAEReconstructor
 from .evaluation.retrieval import retrieval_scores, retrieval_topk
 from .io import atomic_path
+from .losses import patchify
 from .plotting import (
+    mosaic,
     plot_loss_curves,
     plot_reconstruction,
     plot_retrieval,
+    plot_scene_reconstruction,
     read_metrics,
+    reconstruct,
     save_figure,
 )
 from .tasks import CrossScaleMAETask
@@ -362,17 +367,110 @@ def _reconstruction(
     return save_figure(fig, out / 'reconstruction.png')
 
 
+def _scene(
+    task: CrossScaleMAETask,
+    datamodule: GeoTIFFDataModule,
+    config: dict[str, Any],
+    out: Path,
+    seed: int,
+) -> tuple[dict[str, Any], str]:
+    """The whole held-out region reconstructed, tile by tile; MSE vs a baseline.
+
+    The held-out strip is cut into non-overlapping tiles (fully valid ones), each
+    masked at the training ratio and reconstructed by the model (every masked patch
+    predicted, visible patches pasted in), and the tiles are put back in place, so
+    the scene can be compared with the input as one image. The masked-patch MSE
+    (normalised units) is given for the model and for a baseline that fills each
+    masked patch with its tile's mean colour over the visible patches.
+    """
+    data = config['data']['init_args']
+    tile = datamodule.patch_size
+    extra = {k: data[k] for k in ('bands', 'nodata', 'stats_cache') if k in data}
+    tiles = load_geotiff_tiles(
+        data['paths'],
+        tile,
+        stride=tile,
+        holdout_fraction=datamodule.val_fraction,
+        holdout_patch_size=tile,
+        min_valid_fraction=1.0,
+        **extra,
+    )
+    bounds = torch.tensor(tiles.bounds, dtype=torch.float64)
+    width, height = bounds[0, 2] - bounds[0, 0], bounds[0, 3] - bounds[0, 1]
+    cols = [int(v) for v in ((bounds[:, 0] - bounds[:, 0].min()) / width).round()]
+    rows = [int(v) for v in ((bounds[:, 3].max() - bounds[:, 3]) / height).round()]
+    model = task.model.eval()
+    masks = model.draw_masks(
+        len(tiles), 1, torch.device('cpu'), torch.Generator().manual_seed(seed)
+    )
+    images = tiles.images.to(task.device)
+    pred = MAEReconstructor(task)(images, masks, tiles.gsd.to(task.device)).cpu()
+    images, hidden = images.cpu(), masks.mask.cpu().float()
+    masked, recon, _ = reconstruct(
+        images.unsqueeze(1),
+        pred.unsqueeze(1),
+        hidden.unsqueeze(1),
+        task.model.patch_size,
+        norm_pix=task.model.norm_pix_loss,
+    )
+    target = patchify(images, task.model.patch_size)
+    m = hidden.unsqueeze(-1)
+    c = images.shape[1]
+    per_band = target.unflatten(-1, (-1, c))  # (N, L, P*P, C)
+    visible_mean = (per_band * (1 - m).unsqueeze(-1)).sum((1, 2)) / (
+        (1 - m).sum(1) * per_band.shape[2]
+    )
+    baseline = visible_mean[:, None, None, :].expand_as(per_band).flatten(-2)
+    pred_patches = patchify(recon[:, 0], task.model.patch_size)
+
+    def masked_mse(p: torch.Tensor) -> float:
+        return float((((p - target) ** 2) * m).sum() / (m.sum() * target.shape[-1]))
+
+    scores = {
+        'tiles': len(tiles),
+        'model_masked_mse': round(masked_mse(pred_patches), 4),
+        'baseline_masked_mse': round(masked_mse(baseline), 4),
+    }
+    p = task.model.patch_size
+    hidden_px = mosaic(
+        hidden.view(-1, 1, tile // p, tile // p)
+        .repeat_interleave(p, 2)
+        .repeat_interleave(p, 3),
+        rows,
+        cols,
+    )[0].bool()
+    title = (
+        f'Held-out region, {len(tiles)} tiles of {tile} px, '
+        f'{model.mask_ratio:.0%} of each tile masked; masked-patch MSE: model '
+        f'{scores["model_masked_mse"]:.3f}, mean-colour baseline '
+        f'{scores["baseline_masked_mse"]:.3f}'
+    )
+    fig = plot_scene_reconstruction(
+        [
+            ('input', mosaic(images, rows, cols)),
+            ('masked', mosaic(masked[:, 0], rows, cols)),
+            ('reconstruction', mosaic(recon[:, 0], rows, cols)),
+        ],
+        hidden_px,
+        title,
+    )
+    return scores, save_figure(fig, out / 'reconstruction_scene.png')
+
+
 def _markdown(summary: dict[str, Any]) -> str:
     """The summary as a Markdown page."""
     lines = ['# xscale demo: summary', '', summary['verdict'], '']
     lines += ['| key | value |', '| --- | --- |']
     for key, value in summary.items():
-        if key in ('verdict', 'files', 'retrieval'):
+        if key in ('verdict', 'files', 'retrieval', 'scene_reconstruction'):
             continue
         lines.append(f'| {key} | {value} |')
     lines += ['', '## Cross-scale retrieval (held-out tiles)', '']
     lines += ['| key | value |', '| --- | --- |']
     lines += [f'| {k} | {v} |' for k, v in summary['retrieval'].items()]
+    lines += ['', '## Held-out region reconstructed (masked-patch MSE)', '']
+    lines += ['| key | value |', '| --- | --- |']
+    lines += [f'| {k} | {v} |' for k, v in summary['scene_reconstruction'].items()]
     lines += ['', '## Files', '']
     lines += [f'- {k}: `{v}`' for k, v in summary['files'].items()]
     return '\n'.join(lines) + '\n'
@@ -440,6 +538,7 @@ def run_demo(
         f'held-out tiles after {trainer.global_step} of {planned} steps ({reason})'
     )
     recon = _reconstruction(task, datamodule, out, seed, caption)
+    scene, scene_png = _scene(task, datamodule, config, out, seed)
     retrieval, retrieval_png = _retrieval(task, datamodule, config, out, seed)
 
     finished = reason == 'finished'
@@ -479,12 +578,14 @@ def run_demo(
         f'{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, '
         f'accelerator {trainer.accelerator.__class__.__name__}',
         'retrieval': retrieval,
+        'scene_reconstruction': scene,
         'files': {
             'config': str(config_path),
             'checkpoint': str(last),
             'encoder_weights': encoder_path,
             'loss_curve': curve,
             'reconstruction': recon,
+            'reconstruction_scene': scene_png,
             'retrieval': retrieval_png,
             'metrics': str(metrics_csv),
         },
@@ -501,7 +602,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     """Print the summary for a person."""
     print('\nCross-Scale MAE demo:', summary['verdict'])
     for key, value in summary.items():
-        if key in ('verdict', 'files', 'retrieval'):
+        if key in ('verdict', 'files', 'retrieval', 'scene_reconstruction'):
             continue
         print(f'  {key:24s} {value}')
     r = summary['retrieval']
@@ -509,6 +610,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f'  retrieval top-1 at {r["scale"]:.0%} scale over {r["tiles"]} held-out tiles: '
         f'trained {r["trained_top1"]:.2f}, untrained {r["untrained_top1"]:.2f} '
         f'(chance {r["chance_top1"]:.3f})'
+    )
+    sc = summary['scene_reconstruction']
+    print(
+        f'  held-out region reconstructed ({sc["tiles"]} tiles): masked-patch MSE '
+        f'model {sc["model_masked_mse"]:.3f}, mean-colour baseline '
+        f'{sc["baseline_masked_mse"]:.3f}'
     )
     for key, value in summary['files'].items():
         print(f'  {key:24s} {value}')

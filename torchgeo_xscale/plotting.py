@@ -203,6 +203,69 @@ def plot_reconstruction(
     return fig
 
 
+def mosaic(
+    tiles: Tensor, rows: Sequence[int], cols: Sequence[int], fill: float = 0.0
+) -> Tensor:
+    """Place square tiles on a grid: tile *i* at grid cell ``(rows[i], cols[i])``.
+
+    Args:
+        tiles: ``(N, C, T, T)``.
+        rows: Grid row of each tile.
+        cols: Grid column of each tile.
+        fill: Value of the cells no tile covers.
+
+    Returns:
+        ``(C, (max(rows) + 1) * T, (max(cols) + 1) * T)``.
+    """
+    n, c, t, _ = tiles.shape
+    out = tiles.new_full((c, (max(rows) + 1) * t, (max(cols) + 1) * t), fill)
+    for i in range(n):
+        r, k = rows[i] * t, cols[i] * t
+        out[:, r : r + t, k : k + t] = tiles[i]
+    return out
+
+
+def plot_scene_reconstruction(
+    panels: Sequence[tuple[str, Tensor]],
+    hidden: Tensor | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Whole-scene mosaics side by side on the first panel's colour stretch.
+
+    Args:
+        panels: ``(label, image (C, H, W))`` per panel (e.g. input, masked,
+            reconstruction), all one size.
+        hidden: Optional ``(H, W)`` boolean: pixels shown light grey in the
+            second panel (the masked patches).
+        title: Figure title.
+
+    Returns:
+        The figure.
+    """
+    limits = display_limits(panels[0][1])
+    h, w = panels[0][1].shape[-2:]
+    side = 3.2 * h / max(h, w) * 1.6
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(side * w / h * len(panels) + 0.4, side + 0.8),
+        squeeze=False,
+    )
+    for k, (label, image) in enumerate(panels):
+        arr = to_display(image, limits)
+        if k == 1 and hidden is not None:
+            arr = arr.copy()
+            arr[hidden.cpu().numpy()] = MASKED_GREY
+        ax = axes[0, k]
+        ax.imshow(arr, cmap='gray', vmin=0, vmax=1)
+        ax.set_axis_off()
+        ax.set_title(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_retrieval(
     queries: Tensor,
     keys: Tensor,
