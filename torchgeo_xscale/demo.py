@@ -42,7 +42,7 @@ from .checkpoints import export_lightning_checkpoint
 from .config import TINY_CONFIG, link_img_size, read_config
 from .datamodules import GeoTIFFDataModule
 from .datasets.example_data import fetch_example_rasters
-from .evaluation.datasets import load_geotiff_tiles
+from .evaluation.datasets import TileSet, load_geotiff_tiles
 from .evaluation.encoders import FeatureEncoder
 from .evaluation.knn import embed_at_scale
 from .evaluation.reconstruction import MAEReconstructor
@@ -259,6 +259,28 @@ def loss_summary(
     return sum(values[:k]) / k, sum(values[-k:]) / k
 
 
+def _held_out_tiles(
+    datamodule: GeoTIFFDataModule, config: dict[str, Any], stride: int
+) -> TileSet:
+    """Fully valid tiles of the datamodule's size on a grid in its held-out region."""
+    data = config['data']['init_args']
+    extra = {k: data[k] for k in ('bands', 'nodata', 'stats_cache') if k in data}
+    if datamodule.val_fraction == 0:
+        raise ValueError(
+            'data.init_args.val_fraction=0: the demo evaluates on held-out tiles; '
+            'expected a share in (0, 1)'
+        )
+    return load_geotiff_tiles(
+        data['paths'],
+        datamodule.patch_size,
+        stride=stride,
+        holdout_fraction=datamodule.val_fraction,
+        holdout_patch_size=datamodule.patch_size,
+        min_valid_fraction=1.0,
+        **extra,
+    )
+
+
 def _retrieval(
     task: CrossScaleMAETask,
     datamodule: GeoTIFFDataModule,
@@ -267,23 +289,8 @@ def _retrieval(
     seed: int,
 ) -> tuple[dict[str, Any], str]:
     """Cross-scale retrieval of the trained vs an untrained encoder; the figure."""
-    data = config['data']['init_args']
     tile = datamodule.patch_size
-    extra = {k: data[k] for k in ('bands', 'nodata', 'stats_cache') if k in data}
-    if datamodule.val_fraction == 0:
-        raise ValueError(
-            'data.init_args.val_fraction=0: the demo evaluates on held-out tiles; '
-            'expected a share in (0, 1)'
-        )
-    tiles = load_geotiff_tiles(
-        data['paths'],
-        tile,
-        stride=max(1, round(tile * _RETRIEVAL_STRIDE)),
-        holdout_fraction=datamodule.val_fraction,
-        holdout_patch_size=tile,
-        min_valid_fraction=1.0,
-        **extra,
-    )
+    tiles = _held_out_tiles(datamodule, config, max(1, round(tile * _RETRIEVAL_STRIDE)))
     torch.manual_seed(seed + 1)
     untrained_args = dict(config['model'].get('init_args', {}), weights=None)
     untrained = CrossScaleMAETask(**untrained_args).model.encoder
@@ -383,18 +390,8 @@ def _scene(
     (normalised units) is given for the model and for a baseline that fills each
     masked patch with its tile's mean colour over the visible patches.
     """
-    data = config['data']['init_args']
     tile = datamodule.patch_size
-    extra = {k: data[k] for k in ('bands', 'nodata', 'stats_cache') if k in data}
-    tiles = load_geotiff_tiles(
-        data['paths'],
-        tile,
-        stride=tile,
-        holdout_fraction=datamodule.val_fraction,
-        holdout_patch_size=tile,
-        min_valid_fraction=1.0,
-        **extra,
-    )
+    tiles = _held_out_tiles(datamodule, config, tile)
     bounds = torch.tensor(tiles.bounds, dtype=torch.float64)
     width, height = bounds[0, 2] - bounds[0, 0], bounds[0, 3] - bounds[0, 1]
     cols = [int(v) for v in ((bounds[:, 0] - bounds[:, 0].min()) / width).round()]

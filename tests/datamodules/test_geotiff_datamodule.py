@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import TINY_MODEL, logged_scalars, write_geotiff
-from pyproj import Geod
+from conftest import TINY_MODEL, logged_scalars, native_gsd, write_geotiff
 from rasterio.windows import Window
 
 from torchgeo_xscale.cli import main
@@ -35,20 +34,6 @@ def write_mixed(folder: Path, size: int = 96) -> dict[str, Path]:
         )
         for i, (name, (crs, res, o)) in enumerate(MIXED.items())
     }
-
-
-def native_gsd(path: Path) -> float:
-    """The file's GSD at its centre, computed independently with pyproj's Geod."""
-    with rasterio.open(path) as src:
-        xres, yres = src.res
-        if not src.crs.is_geographic:
-            return math.sqrt(xres * yres)
-        lon = (src.bounds.left + src.bounds.right) / 2
-        lat = (src.bounds.bottom + src.bounds.top) / 2
-    geod = Geod(ellps='WGS84')
-    dx = geod.inv(lon - xres / 2, lat, lon + xres / 2, lat)[2]
-    dy = geod.inv(lon, lat - yres / 2, lon, lat + yres / 2)[2]
-    return math.sqrt(dx * dy)
 
 
 def window(path: Path, x: slice, y: slice) -> np.ndarray:

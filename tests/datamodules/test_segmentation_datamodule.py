@@ -2,7 +2,6 @@
 three GSDs: tiles are the files' windows (image and mask, no resampling) at their own
 GSD, every group sampled, splits disjoint per group, bad pairs a one-line error."""
 
-import math
 import shutil
 from pathlib import Path
 
@@ -11,11 +10,10 @@ import pytest
 import rasterio
 import shapely
 import torch
-from conftest import write_geotiff
+from conftest import native_gsd, write_geotiff
 from isprs_layout import tiny_task
 from labelled_layout import GROUPS, NUM_CLASSES, RASTERS, make_labelled_folder
 from lightning.pytorch import Trainer
-from pyproj import Geod
 
 from torchgeo_xscale.datamodules import GeoTIFFSegmentationDataModule
 from torchgeo_xscale.datasets import RasterInputError
@@ -50,20 +48,6 @@ def read_window(path: str, x: slice, y: slice) -> np.ndarray:
         return src.read(window=window)
 
 
-def file_gsd(path: str) -> float:
-    """GSD at the file's centre, computed independently (pyproj's Geod for degrees)."""
-    with rasterio.open(path) as src:
-        xres, yres = src.res
-        if not src.crs.is_geographic:
-            return math.sqrt(xres * yres)
-        lon = (src.bounds.left + src.bounds.right) / 2
-        lat = (src.bounds.bottom + src.bounds.top) / 2
-    geod = Geod(ellps='WGS84')
-    dx = geod.inv(lon - xres / 2, lat, lon + xres / 2, lat)[2]
-    dy = geod.inv(lon, lat - yres / 2, lon, lat + yres / 2)[2]
-    return math.sqrt(dx * dy)
-
-
 def test_tiles_are_windows_of_image_and_mask_at_their_own_gsd(folder: Path) -> None:
     dm = datamodule(folder)
     dm.setup('fit')
@@ -89,7 +73,9 @@ def test_tiles_are_windows_of_image_and_mask_at_their_own_gsd(folder: Path) -> N
             assert torch.equal(sample['mask'], torch.from_numpy(mask).long())
             assert sample['mask'].dtype == torch.int64
             assert int(sample['group']) == group
-            assert float(sample['gsd']) == pytest.approx(file_gsd(image_path), rel=0.01)
+            assert float(sample['gsd']) == pytest.approx(
+                native_gsd(image_path), rel=0.01
+            )
     assert dm.gsd_range is not None
     assert dm.gsd_range['min'] == pytest.approx(0.25)
     assert dm.gsd_range['max'] > 900  # 0.01 degree at 45 N
