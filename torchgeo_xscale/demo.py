@@ -94,8 +94,8 @@ def demo_config(
     raster: str | os.PathLike[str],
     output: str | os.PathLike[str],
     config: str | os.PathLike[str] = TINY_CONFIG,
-    steps: int = 1200,
-    max_minutes: float = 8.0,
+    steps: int = 560,
+    max_minutes: float = 7.0,
     batch_size: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
