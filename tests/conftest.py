@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+import torch
 from pyproj import Geod
 from rasterio.transform import from_origin
 
@@ -292,7 +293,6 @@ def segmentation_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real checkpoint of XScaleSegmentationTask written by ``xscale fit`` with
     ``configs/segmentation/vaihingen.yaml`` at tiny size (64 px crops, 1 epoch) on
     generated ISPRS archives."""
-    import torch
     from isprs_layout import make_vaihingen, tiny_overrides
 
     from torchgeo_xscale.cli import main
@@ -328,8 +328,6 @@ def vaihingen(tmp_path: Path) -> Path:
 @pytest.fixture
 def encoder_weights(tmp_path: Path) -> Path:
     """A pretrained-style encoder state dict (timm names) of a tiny ViT at 32 px."""
-    import torch
-
     from torchgeo_xscale.models.vit import build_vit
 
     torch.manual_seed(123)
@@ -353,3 +351,23 @@ def native_gsd(path: str | Path) -> float:
     dx = geod.inv(lon - xres / 2, lat, lon + xres / 2, lat)[2]
     dy = geod.inv(lon, lat - yres / 2, lon, lat + yres / 2)[2]
     return math.sqrt(dx * dy)
+
+
+def step_without_host_sync(model: torch.nn.Module, views: torch.Tensor) -> torch.Tensor:
+    """One bf16 CUDA training step of *model* with any host-device sync an error.
+
+    A warm-up step runs first (lazy initialisation may sync).
+
+    Returns:
+        The loss of the checked step.
+    """
+    model(views).loss.backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            out = model(views)
+        out.loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    return out.loss

@@ -105,8 +105,23 @@ def tiny_task(**kwargs: Any) -> XScaleSegmentationTask:
     return XScaleSegmentationTask(**{**args, **kwargs})
 
 
-def tiny_overrides(root: Path, run: Path, weights: Path) -> list[str]:
-    return [
+def tiny_overrides(
+    root: Path,
+    run: Path,
+    weights: Path,
+    num_workers: int | None = 0,
+    precision: str | None = '32-true',
+) -> list[str]:
+    """Command-line overrides that make an ISPRS segmentation config tiny.
+
+    Args:
+        root: The dataset folder.
+        run: ``trainer.default_root_dir``.
+        weights: Encoder weights file (offline: no download).
+        num_workers: ``data.num_workers``; None keeps the config's.
+        precision: ``trainer.precision``; None keeps the config's.
+    """
+    args = [
         '--data.root',
         str(root),
         '--data.batch_size',
@@ -117,8 +132,6 @@ def tiny_overrides(root: Path, run: Path, weights: Path) -> list[str]:
         '2',
         '--data.val_split_pct',
         '0.5',
-        '--data.num_workers',
-        '0',
         '--model.init_args.backbone',
         'xscale_vit_tiny',
         '--model.init_args.backbone_options',
@@ -131,8 +144,6 @@ def tiny_overrides(root: Path, run: Path, weights: Path) -> list[str]:
         str(weights),
         '--trainer.max_epochs',
         '1',
-        '--trainer.precision',
-        '32-true',
         '--trainer.accelerator',
         'cpu',
         '--trainer.enable_progress_bar',
@@ -142,3 +153,8 @@ def tiny_overrides(root: Path, run: Path, weights: Path) -> list[str]:
         '--trainer.default_root_dir',
         str(run),
     ]
+    if num_workers is not None:
+        args += ['--data.num_workers', str(num_workers)]
+    if precision is not None:
+        args += ['--trainer.precision', precision]
+    return args

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_MODEL, write_geotiff
-from isprs_layout import make_vaihingen
+from isprs_layout import make_vaihingen, tiny_overrides
 from lightning.pytorch import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -206,32 +206,10 @@ def test_segmentation_ddp_shipped_config_saves_figure(tmp_path: Path) -> None:
             'fit',
             '--config',
             str(REPO / 'configs' / 'segmentation' / 'vaihingen.yaml'),
-            '--data.root',
-            str(root),
-            '--data.batch_size',
-            '2',
-            '--data.patch_size',
-            '64',
-            '--data.samples_per_tile',
-            '2',
-            '--data.val_split_pct',
-            '0.5',
-            '--model.init_args.backbone',
-            'xscale_vit_tiny',
-            '--model.init_args.backbone_options',
-            '{embed_dim: 32, vit_depth: 2, num_heads: 2, img_size: 64}',
-            '--model.init_args.decoder_channels',
-            '32',
-            '--model.init_args.eval_window',
-            '64',
-            '--model.init_args.weights',
-            str(tmp_path / 'encoder.pth'),
-            '--trainer.max_epochs',
-            '1',
-            '--trainer.check_val_every_n_epoch',
-            '1',
-            '--trainer.default_root_dir',
-            str(run),
+            # the shipped num_workers and precision kept
+            *tiny_overrides(
+                root, run, tmp_path / 'encoder.pth', num_workers=None, precision=None
+            ),
             *DDP,
         ],
         tmp_path,
