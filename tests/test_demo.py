@@ -54,10 +54,29 @@ def test_figures_and_retrieval_of_both_encoders(capped: dict[str, Any]) -> None:
     for name in ('trained', 'untrained'):
         assert 0 <= retrieval[f'{name}_top1'] <= 1
         assert 1 <= retrieval[f'{name}_mean_rank'] <= retrieval['tiles']
-    scene = summary['scene_reconstruction']  # the held-out strip, non-overlapping
+    # two scenes at two GSDs, scored within each (the other's tiles are easy)
+    groups = retrieval['groups']
+    assert (
+        len(groups) == 2
+        and sum(g['tiles'] for g in groups.values()) == retrieval['tiles']
+    )
+    assert [name.split()[-2] for name in groups] == ['26.1', '146']
+    for g in groups.values():
+        assert g['chance_top1'] == round(1 / g['tiles'], 4)
+        assert 0 <= g['trained_top1'] <= 1 and 0 <= g['untrained_top1'] <= 1
+    scene = summary['scene_reconstruction']  # the held-out strips, non-overlapping
     assert 1 <= scene['tiles'] < retrieval['tiles']
     assert scene['model_masked_mse'] > 0 and scene['baseline_masked_mse'] > 0
-    assert '| baseline_masked_mse |' in (out / 'summary.md').read_text()
+    assert list(scene['groups']) == list(groups)
+    assert sum(g['tiles'] for g in scene['groups'].values()) == scene['tiles']
+    markdown = (out / 'summary.md').read_text()
+    assert '| baseline_masked_mse |' in markdown and 'Per scene' in markdown
+    assert (
+        yaml.safe_load((out / 'config.yaml').read_text())['data']['init_args'][
+            'group_sampling'
+        ]
+        == 'equal'
+    )
 
 
 @pytest.mark.slow
@@ -96,6 +115,21 @@ def test_demo_config_plans_epochs_for_the_warmup(tmp_path: Path) -> None:
     assert (trainer['max_steps'], trainer['max_time']) == (120, '00:00:02:30')
     (checkpoint,) = trainer['callbacks']
     assert checkpoint['init_args']['dirpath'] == str(tmp_path / 'checkpoints')
+
+
+def test_demo_config_draws_several_scenes_equally(tmp_path: Path) -> None:
+    """With several rasters the small scene is drawn as often as the large one,
+    unless the config says otherwise."""
+    config = demo_config([Path('a.tif'), 'b.tif'], tmp_path)
+    data = config['data']['init_args']
+    assert data['paths'] == ['a.tif', 'b.tif'] and data['group_sampling'] == 'equal'
+    assert 'group_sampling' not in demo_config('a.tif', tmp_path)['data']['init_args']
+    shipped = yaml.safe_load(TINY_CONFIG.read_text())
+    shipped['data']['init_args']['group_sampling'] = 'area'
+    path = tmp_path / 'area.yaml'
+    path.write_text(yaml.safe_dump(shipped))
+    config = demo_config(['a.tif', 'b.tif'], tmp_path, path)
+    assert config['data']['init_args']['group_sampling'] == 'area'
 
 
 def test_demo_config_refuses_a_drifted_view_size(tmp_path: Path) -> None:

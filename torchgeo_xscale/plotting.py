@@ -140,8 +140,10 @@ def plot_reconstruction(
     The *reconstruction* panel pastes the visible input patches next to the
     predicted masked ones (MAE's demo); the *prediction* panel shows the decoder's
     output on every patch, visible ones included (only masked patches are trained).
-    The four panels of a view share the input's colour stretch; masked patches are
-    light grey in the masked panel. With *norm_pix* see :func:`reconstruct`.
+    Every panel shares one colour stretch, the 2-98 % percentiles of all the inputs
+    shown (per-tile stretches turn a near-uniform tile, a lake, into amplified
+    noise and make tiles incomparable); masked patches are light grey in the masked
+    panel. With *norm_pix* see :func:`reconstruct`.
 
     Args:
         views: ``(B, V, C, H, W)``.
@@ -161,6 +163,7 @@ def plot_reconstruction(
     v = views.shape[1]
     n = 4
     fig, axes = plt.subplots(b, n * v, figsize=(1.9 * n * v, 1.9 * b), squeeze=False)
+    limits = display_limits(views[:b].flatten(0, 1))
     labels = ('masked', 'reconstruction', 'prediction')
     if norm_pix:
         labels = ('masked', 'reconstruction*', 'prediction*')
@@ -170,7 +173,6 @@ def plot_reconstruction(
             label = f'{name} view'
             if gsd is not None:
                 label += f' {float(gsd[i, j]):.3g} m'
-            limits = display_limits(views[i, j])
             hidden = mask[i, j].detach().float().cpu()
             side = views.shape[-1] // patch_size
             hidden_px = (
@@ -226,43 +228,55 @@ def mosaic(
 
 
 def plot_scene_reconstruction(
-    panels: Sequence[tuple[str, Tensor]],
-    hidden: Tensor | None = None,
+    scenes: Sequence[tuple[str, Sequence[tuple[str, Tensor]], Tensor | None]],
     title: str | None = None,
+    height: float = 7.0,
 ) -> Figure:
-    """Whole-scene mosaics side by side on the first panel's colour stretch.
+    """Whole-scene mosaics side by side, scene after scene, all one height.
+
+    Each scene's panels share its first panel's colour stretch (scenes differ in
+    brightness, so each gets its own).
 
     Args:
-        panels: ``(label, image (C, H, W))`` per panel (e.g. input, masked,
-            reconstruction), all one size.
-        hidden: Optional ``(H, W)`` boolean: pixels shown light grey in the
-            second panel (the masked patches).
+        scenes: ``(name, panels, hidden)`` per scene: *panels* ``(label, image
+            (C, H, W))`` (e.g. input, masked, reconstruction, baseline), all one
+            size; *hidden* an optional ``(H, W)`` boolean of pixels shown light grey
+            in the second panel (the masked patches); *name* heads the panels
+            (may be empty).
         title: Figure title.
+        height: Height of the panels in inches.
 
     Returns:
         The figure.
     """
-    limits = display_limits(panels[0][1])
-    h, w = panels[0][1].shape[-2:]
-    side = 3.2 * h / max(h, w) * 1.6
+    ratios = [
+        float(image.shape[-1] / image.shape[-2])
+        for _, panels, _ in scenes
+        for _, image in panels
+    ]
     fig, axes = plt.subplots(
         1,
-        len(panels),
-        figsize=(side * w / h * len(panels) + 0.4, side + 0.8),
+        len(ratios),
+        figsize=(height * sum(ratios) + 0.3 * len(ratios), height + 1.0),
         squeeze=False,
+        gridspec_kw={'width_ratios': ratios},
+        layout='constrained',
     )
-    for k, (label, image) in enumerate(panels):
-        arr = to_display(image, limits)
-        if k == 1 and hidden is not None:
-            arr = arr.copy()
-            arr[hidden.cpu().numpy()] = MASKED_GREY
-        ax = axes[0, k]
-        ax.imshow(arr, cmap='gray', vmin=0, vmax=1)
-        ax.set_axis_off()
-        ax.set_title(label, fontsize=8)
+    k = 0
+    for name, panels, hidden in scenes:
+        limits = display_limits(panels[0][1])
+        for j, (label, image) in enumerate(panels):
+            arr = to_display(image, limits)
+            if j == 1 and hidden is not None:
+                arr = arr.copy()
+                arr[hidden.cpu().numpy()] = MASKED_GREY
+            ax = axes[0, k]
+            ax.imshow(arr, cmap='gray', vmin=0, vmax=1)
+            ax.set_axis_off()
+            ax.set_title(f'{name}\n{label}' if name and j == 0 else label, fontsize=8)
+            k += 1
     if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=9)
     return fig
 
 

