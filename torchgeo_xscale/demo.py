@@ -294,9 +294,23 @@ def _held_out_tiles(
     )
 
 
-def _groups(tiles: TileSet) -> list[tuple[str, Tensor]]:
-    """``(name, members)`` of each native-grid group of *tiles* (one: ``all``)."""
-    groups = [(name, members) for name, _, members in group_members(tiles)]
+def _groups(tiles: TileSet, datamodule: GeoTIFFDataModule) -> list[tuple[str, Tensor]]:
+    """``(label, members)`` of each native-grid group of *tiles* (one: ``all``).
+
+    A group of one file is labelled by the file, e.g. ``salt-lake-rgb.tif,
+    EPSG:4326 26.1 m``.
+    """
+    labels = {}
+    for group in datamodule.groups or []:
+        files = [Path(f).name for f in group.files]
+        labels[group.name] = (
+            f'{files[0]}, {group.name}'
+            if len(files) == 1
+            else f'{group.name}, {len(files)} files'
+        )
+    groups = [
+        (labels.get(name, name), members) for name, _, members in group_members(tiles)
+    ]
     return groups or [('all', torch.ones(len(tiles), dtype=torch.bool))]
 
 
@@ -331,7 +345,7 @@ def _retrieval(
         FeatureEncoder(task.model.encoder, name='trained'),
         FeatureEncoder(untrained, name='untrained'),
     )
-    groups = _groups(tiles)
+    groups = _groups(tiles, datamodule)
     scores: dict[str, Any] = {}
     by_group: dict[str, dict[str, Any]] = {
         name: {'tiles': int(m.sum()), 'chance_top1': round(1 / int(m.sum()), 4)}
@@ -353,9 +367,9 @@ def _retrieval(
     shown = sorted(i for _, m in groups for i in _spread(m, max(2, 5 // len(groups))))
     per_scene = ''
     if len(groups) > 1:
-        per_scene = '\nwithin each scene: ' + '; '.join(
-            f'{name} ({g["tiles"]} tiles) trained {g["trained_top1"]:.0%}, '
-            f'untrained {g["untrained_top1"]:.0%}'
+        per_scene = ''.join(
+            f'\n{name} ({g["tiles"]} tiles): trained {g["trained_top1"]:.0%}, '
+            f'untrained {g["untrained_top1"]:.0%}, chance {g["chance_top1"]:.1%}'
             for name, g in by_group.items()
         )
     title = (
@@ -384,8 +398,9 @@ def _retrieval(
             for key, value in s.items()
             if key in ('top1', 'top5', 'mean_rank')
         },
-        'groups': by_group,
     }
+    if len(groups) > 1:
+        result['groups'] = by_group
     return result, path
 
 
@@ -497,7 +512,7 @@ def _scene(
         'model_masked_mse': round(masked_mse(pred_patches, everything), 4),
         'baseline_masked_mse': round(masked_mse(baseline, everything), 4),
     }
-    groups = _groups(tiles)
+    groups = _groups(tiles, datamodule)
     scenes = []
     by_group: dict[str, dict[str, Any]] = {}
     bounds = torch.tensor(tiles.bounds, dtype=torch.float64)
@@ -519,7 +534,7 @@ def _scene(
             'model_masked_mse': model_mse,
             'baseline_masked_mse': baseline_mse,
         }
-        label = name if len(groups) > 1 else ''
+        label = name.replace(', ', '\n') if len(groups) > 1 else ''
         scenes.append(
             (
                 label,
