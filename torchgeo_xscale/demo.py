@@ -728,28 +728,27 @@ def _print_summary(summary: dict[str, Any]) -> None:
         if key in ('verdict', 'files', 'retrieval', 'scene_reconstruction'):
             continue
         print(f'  {key:24s} {value}')
-    r = summary['retrieval']
-    print(
-        f'  retrieval top-1 at {r["scale"]:.0%} scale over {r["tiles"]} held-out tiles: '
-        f'trained {r["trained_top1"]:.2f}, untrained {r["untrained_top1"]:.2f} '
-        f'(chance {r["chance_top1"]:.3f})'
-    )
-    for name, g in (r.get('groups') or {}).items():
-        print(
-            f'    {name} ({g["tiles"]} tiles): trained {g["trained_top1"]:.2f}, '
+
+    def retrieval(label: str, g: dict[str, Any]) -> str:
+        return (
+            f'{label} ({g["tiles"]} tiles): trained {g["trained_top1"]:.2f}, '
             f'untrained {g["untrained_top1"]:.2f} (chance {g["chance_top1"]:.3f})'
         )
-    sc = summary['scene_reconstruction']
-    print(
-        f'  held-out regions reconstructed ({sc["tiles"]} tiles): masked-patch MSE '
-        f'model {sc["model_masked_mse"]:.3f}, mean-colour baseline '
-        f'{sc["baseline_masked_mse"]:.3f}'
-    )
-    for name, g in (sc.get('groups') or {}).items():
-        print(
-            f'    {name} ({g["tiles"]} tiles): model {g["model_masked_mse"]:.3f}, '
-            f'baseline {g["baseline_masked_mse"]:.3f}'
+
+    def scene(label: str, g: dict[str, Any]) -> str:
+        return (
+            f'{label} ({g["tiles"]} tiles): masked-patch MSE model '
+            f'{g["model_masked_mse"]:.3f}, mean-colour baseline '
+            f'{g["baseline_masked_mse"]:.3f}'
         )
+
+    r, sc = summary['retrieval'], summary['scene_reconstruction']
+    print(retrieval(f'  retrieval top-1 at {r["scale"]:.0%} scale, held-out', r))
+    for name, g in (r.get('groups') or {}).items():
+        print(retrieval(f'    {name}', g))
+    print(scene('  held-out regions reconstructed', sc))
+    for name, g in (sc.get('groups') or {}).items():
+        print(scene(f'    {name}', g))
     for key, value in summary['files'].items():
         print(f'  {key:24s} {value}')
 
