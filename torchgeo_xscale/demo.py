@@ -53,10 +53,10 @@ from .datasets.example_data import fetch_demo_rasters
 from .evaluation.datasets import TileSet, group_members, load_geotiff_tiles
 from .evaluation.encoders import FeatureEncoder
 from .evaluation.knn import embed_at_scale
-from .evaluation.reconstruction import MAEReconstructor
+from .evaluation.reconstruction import MAEReconstructor, reconstruction_metrics
 from .evaluation.retrieval import retrieval_scores, retrieval_topk
 from .io import atomic_path
-from .losses import patchify, unpatchify
+from .losses import patchify
 from .plotting import (
     mosaic,
     plot_loss_curves,
@@ -497,20 +497,23 @@ def _scene(
         (1 - m).sum(1) * per_band.shape[2]
     )
     baseline = visible_mean[:, None, None, :].expand_as(per_band).flatten(-2)
-    baseline_image = unpatchify(
-        target * (1 - m) + baseline * m, p, c, (tile // p, tile // p)
+    # per-tile masked-patch MSE; pooled by masked patch (tiles may differ in count)
+    model_tile_mse, _, _ = reconstruction_metrics(
+        images, patchify(recon[:, 0], p), hidden, p
     )
-    pred_patches = patchify(recon[:, 0], p)
+    baseline_tile_mse, _, baseline_image = reconstruction_metrics(
+        images, baseline, hidden, p
+    )
+    count = hidden.sum(1)
 
-    def masked_mse(x: torch.Tensor, members: Tensor) -> float:
-        err = ((x - target) ** 2 * m)[members]
-        return float(err.sum() / (m[members].sum() * target.shape[-1]))
+    def masked_mse(per_tile: Tensor, members: Tensor) -> float:
+        return float((per_tile * count)[members].sum() / count[members].sum())
 
     everything = torch.ones(len(tiles), dtype=torch.bool)
     scores: dict[str, Any] = {
         'tiles': len(tiles),
-        'model_masked_mse': round(masked_mse(pred_patches, everything), 4),
-        'baseline_masked_mse': round(masked_mse(baseline, everything), 4),
+        'model_masked_mse': round(masked_mse(model_tile_mse, everything), 4),
+        'baseline_masked_mse': round(masked_mse(baseline_tile_mse, everything), 4),
     }
     groups = _groups(tiles, datamodule)
     scenes = []
@@ -527,8 +530,8 @@ def _scene(
         width, height = b[0, 2] - b[0, 0], b[0, 3] - b[0, 1]
         cols = [int(v) for v in ((b[:, 0] - b[:, 0].min()) / width).round()]
         rows = [int(v) for v in ((b[:, 3].max() - b[:, 3]) / height).round()]
-        model_mse = round(masked_mse(pred_patches, members), 4)
-        baseline_mse = round(masked_mse(baseline, members), 4)
+        model_mse = round(masked_mse(model_tile_mse, members), 4)
+        baseline_mse = round(masked_mse(baseline_tile_mse, members), 4)
         by_group[name] = {
             'tiles': len(index),
             'model_masked_mse': model_mse,
